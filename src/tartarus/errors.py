@@ -1,0 +1,54 @@
+"""One exception tree for the whole engine (httpx style); the API maps it to HTTP statuses.
+
+    TartarusError
+    ├── InvalidRequestError      bad input: unknown template, invalid resources (HTTP 400/422)
+    ├── NotFoundError            no such sandbox, template or file (404)
+    ├── ConflictError            the object's state does not allow the action (409)
+    ├── CapabilityError          the runtime cannot do this here (409), names runtime and capability
+    ├── RuntimeUnavailableError  no usable runtime, or the runtime binary failed (503)
+    ├── BuildError               a template build failed (500), with the failing step
+    └── AgentError               the guest agent is unreachable or broke the protocol (502)
+        └── AgentTimeoutError    it did not answer in time
+"""
+
+from __future__ import annotations
+
+
+class TartarusError(Exception):
+    """Base class; `str(err)` is one readable line meant for users."""
+
+
+class InvalidRequestError(TartarusError):
+    pass
+
+
+class NotFoundError(TartarusError):
+    pass
+
+
+class ConflictError(TartarusError):
+    pass
+
+
+class CapabilityError(ConflictError):
+    def __init__(self, runtime: str, capability: str, detail: str = "") -> None:
+        msg = f"runtime {runtime!r} does not support {capability}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.runtime = runtime
+        self.capability = capability
+
+
+class RuntimeUnavailableError(TartarusError):
+    pass
+
+
+class BuildError(TartarusError):
+    pass
+
+
+class AgentError(TartarusError):
+    pass
+
+
+class AgentTimeoutError(AgentError):
+    pass

@@ -1,0 +1,1 @@
+"""The node engine (Hecatoncheir): prepares, launches, supervises and cleans up sandboxes."""
