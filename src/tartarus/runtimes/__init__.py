@@ -1,0 +1,1 @@
+"""Runtime adapters behind one interface (see `base`), and the registry that picks one."""

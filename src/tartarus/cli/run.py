@@ -1,0 +1,128 @@
+"""`tartarus run`: start a sandbox for one command, stream its output, pass on its exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator
+
+import click
+from pydantic import ValidationError
+
+from tartarus.cli.options import parse_env, resources, validation_message
+from tartarus.cli.progress import BuildProgress
+from tartarus.errors import InvalidRequestError
+from tartarus.models import Sandbox, SandboxSpec, SandboxState
+from tartarus.node.engine import Engine, MainIO
+from tartarus.runtimes.registry import RUNTIME_CLASSES
+
+EXIT_TIMEOUT = 124  # like timeout(1)
+EXIT_INTERRUPTED = 130
+EXIT_KILLED = 137
+EXIT_FAILED = 1
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--template", "-t", default="python", show_default=True, help="Template name.")
+@click.option("--runtime", type=click.Choice(sorted(RUNTIME_CLASSES)), default=None,
+              help="Isolation runtime (default: the best that works here).")
+@click.option("--cpu", type=float, default=None, help="CPU cores, e.g. 0.5.")
+@click.option("--memory", type=int, default=None, metavar="MIB", help="Memory limit in MiB.")
+@click.option("--pids", type=int, default=None, metavar="N", help="Max processes and threads.")
+@click.option("--disk", type=int, default=None, metavar="MIB", help="Writable layer size in MiB.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="Wall-clock limit; the sandbox is killed after it.")
+@click.option("--env", "-e", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option("--workdir", "-w", default=None, metavar="PATH", help="Working directory inside.")
+@click.option("--stdin", "pass_stdin", is_flag=True, help="Pass this command's stdin through.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    template: str, runtime: str | None, cpu: float | None, memory: int | None, pids: int | None,
+    disk: int | None, timeout: float, env: tuple[str, ...], workdir: str | None, pass_stdin: bool,
+    command: tuple[str, ...],
+) -> int:
+    """Run COMMAND in a new sandbox and exit with its exit code.
+
+    \b
+    Example:  tartarus run --template python -- python3 -c 'print(6*7)'
+    Exit codes: the command's own; 124 timed out; 137 killed (OOM or otherwise);
+    130 interrupted; 1 the sandbox failed; 2 bad input.
+    """
+    env_map = parse_env(env)
+    return asyncio.run(_run(template, runtime, cpu, memory, pids, disk, timeout, env_map,
+                            workdir, pass_stdin, command))
+
+
+async def _run(
+    template: str, runtime: str | None, cpu: float | None, memory: int | None, pids: int | None,
+    disk: int | None, timeout: float, env: dict[str, str], workdir: str | None, pass_stdin: bool,
+    command: tuple[str, ...],
+) -> int:
+    engine = Engine()
+    await engine.open()
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        base = engine.catalog.resolve(template).spec.resources
+        limits = resources(base, cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
+        try:
+            spec = SandboxSpec(template=template, command=command, env=env, workdir=workdir,
+                               resources=limits, timeout=timeout, runtime=runtime)
+        except ValidationError as exc:
+            raise InvalidRequestError(validation_message(exc)) from None
+        io = MainIO(on_stdout=_writer(sys.stdout.buffer), on_stderr=_writer(sys.stderr.buffer),
+                    stdin=_stdin_chunks() if pass_stdin else None)
+        with BuildProgress() as progress:
+            sandbox = await engine.run(spec, io=io, progress=progress.update)
+        return exit_code(sandbox)
+    except asyncio.CancelledError:
+        return EXIT_INTERRUPTED
+    finally:
+        await engine.close()
+
+
+def exit_code(sandbox: Sandbox) -> int:
+    if sandbox.state == SandboxState.EXITED and sandbox.exit_code is not None:
+        return sandbox.exit_code
+    message = {
+        SandboxState.TIMED_OUT: (EXIT_TIMEOUT, "timed out"),
+        SandboxState.OOM_KILLED: (EXIT_KILLED, "killed: out of memory"),
+        SandboxState.KILLED: (EXIT_KILLED, "killed"),
+    }.get(sandbox.state, (EXIT_FAILED, "failed"))
+    code, what = message
+    detail = f" ({sandbox.reason})" if sandbox.reason and sandbox.state != SandboxState.OOM_KILLED else ""
+    click.echo(f"tartarus: sandbox {sandbox.id} {what}{detail}", err=True)
+    return code
+
+
+def _writer(stream: object) -> object:
+    def write(data: bytes) -> None:
+        stream.write(data)  # type: ignore[attr-defined]
+        stream.flush()  # type: ignore[attr-defined]
+
+    return write
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    """Read our stdin in a daemon thread, so a never-closed terminal cannot block exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(0, 65536)
+            except OSError:
+                chunk = b""
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    while chunk := await queue.get():
+        yield chunk

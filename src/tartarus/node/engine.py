@@ -1,0 +1,390 @@
+"""The node engine (Hecatoncheir): one path from a spec to a running, supervised sandbox.
+
+create() resolves the template image, picks the runtime, mounts the private writable layer
+(Lethe), hands the guest agent a listening socket and starts the container. A supervisor
+task per sandbox then runs the main command (if any), enforces the wall-clock timeout
+(Erinyes) and decides how the sandbox ended: exit code, OOM kill (read from the memory
+cgroup before it is deleted), timeout or kill. Every path, failures included, ends in
+`_finish`, which releases the container, the mounts, the cgroups and the socket before the
+final state is written, so a record that says "ended" never hides a live resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tartarus.config import Settings
+from tartarus.errors import (
+    AgentError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    TartarusError,
+)
+from tartarus.images.cache import ImageCache
+from tartarus.images.catalog import TemplateCatalog
+from tartarus.models import ExecResult, Resources, Sandbox, SandboxSpec, SandboxState
+from tartarus.node import cgroups, guestfiles, owners
+from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.overlay import Overlay
+from tartarus.runtimes import hostns
+from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus, Runtime
+from tartarus.runtimes.bundle import host_uid
+from tartarus.runtimes.registry import RuntimeRegistry
+from tartarus.store import Database
+from tartarus.store.sandboxes import SandboxRepository
+
+log = structlog.get_logger("tartarus.engine")
+
+CGROUP_PARENT = "tartarus"
+USER_UID = USER_GID = 1000
+HOME = "/home/user"
+GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
+AGENT_GRACE_S = 5.0  # the in-guest deadline fires after ours: it is only a backstop
+WATCH_INTERVAL_S = 1.0
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": HOME,
+    "USER": "user",
+    "LANG": "C.UTF-8",
+}
+
+ProgressCallback = Callable[[str, float | None], None]
+
+
+@dataclass
+class _Live:
+    """What this engine process holds for a sandbox it supervises."""
+
+    sandbox: Sandbox
+    runtime: Runtime
+    directory: Path
+    socket_path: Path
+    env: dict[str, str]
+    workdir: str
+    kill_reason: str | None = None
+    killed: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> AgentClient:
+        return AgentClient(str(self.socket_path))
+
+
+@dataclass
+class MainIO:
+    """Where the main command's streams go (the CLI's `run`), all optional."""
+
+    on_stdout: OutputCallback | None = None
+    on_stderr: OutputCallback | None = None
+    stdin: AsyncIterator[bytes] | None = None
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.db = Database(self.settings.db_path)
+        self.sandboxes = SandboxRepository(self.db)
+        self.images = ImageCache(self.settings.image_dir)
+        self.catalog = TemplateCatalog(self.db, self.images, mirror=self.settings.mirror)
+        self.runtimes = RuntimeRegistry(self.settings.state_dir)
+        self.owner = owners.current()
+        self._live: dict[str, _Live] = {}
+        self._guest_dir: Path | None = None
+
+    # -- setup and teardown -------------------------------------------------------------------
+
+    async def open(self, *, reconcile: bool = True) -> None:
+        """Prepare directories and the private mount namespace; reap what dead engines left."""
+        for d in (self.settings.state_dir, self.settings.sandboxes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o711)  # container roots (unprivileged host uids) must traverse to binds
+        if hostns.is_hybrid_cgroup_host():
+            hostns.enter()
+        self._guest_dir = guestfiles.install(self.settings.state_dir)
+        if reconcile:
+            from tartarus.node.reconcile import reconcile as _reconcile
+
+            await _reconcile(self)
+
+    async def close(self) -> None:
+        """Kill what this engine still supervises (an embedded engine ends with its CLI)."""
+        await asyncio.gather(
+            *(self.kill(sid, reason="engine shut down") for sid in list(self._live)),
+            return_exceptions=True,
+        )
+        self.db.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        io: MainIO | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Sandbox:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        template = self.catalog.resolve(spec.template)
+        image = self.catalog.ensure_built(spec.template, progress=progress)
+        if image.python is None:
+            raise InvalidRequestError(
+                f"template {spec.template!r} has no python3, which the guest agent needs"
+            )
+        timings["image"] = _ms(t0)
+        runtime = await self.runtimes.select(spec.runtime or self.settings.default_runtime)
+        resources = spec.resources or template.spec.resources
+        sandbox = Sandbox(
+            id=f"sb-{secrets.token_hex(6)}",
+            spec=spec,
+            runtime=runtime.name,
+            image=image.hash,
+            resources=resources,
+            created_at=datetime.now(UTC),
+        )
+        self.sandboxes.insert(sandbox, owner=self.owner)
+        directory = self.settings.sandboxes_dir / sandbox.id
+        env = {**BASE_ENV, **template.spec.env, **spec.env}
+        workdir = spec.workdir or template.spec.workdir
+        live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
+        self._live[sandbox.id] = live
+        try:
+            sandbox = self.sandboxes.update(sandbox, state=SandboxState.STARTING)
+            live.sandbox = sandbox
+            await self._start_container(
+                live, self.images.rootfs(image.hash), image.python, resources, timings, t0
+            )
+            timings["create"] = _ms(t0)
+            live.sandbox = self.sandboxes.update(
+                live.sandbox,
+                state=SandboxState.RUNNING,
+                started_at=datetime.now(UTC),
+                timings_ms=timings,
+            )
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, TartarusError) else f"start failed: {exc!r}"
+            await asyncio.shield(self._finish(live, SandboxState.FAILED, reason=reason))
+            raise
+        live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
+        return live.sandbox
+
+    async def _start_container(
+        self,
+        live: _Live,
+        lower: Path,
+        python: str,
+        resources: Resources,
+        timings: dict[str, float],
+        t0: float,
+    ) -> None:
+        assert self._guest_dir is not None, "Engine.open() was not called"
+        live.directory.mkdir(mode=0o711)
+        overlay = Overlay(live.directory)
+        uid, gid = host_uid(USER_UID), host_uid(USER_GID)
+        owned = {HOME: (uid, gid, 0o755), "/tmp": (host_uid(0), host_uid(0), 0o1777)}
+        if live.workdir not in owned:
+            owned[live.workdir] = (uid, gid, 0o755)
+        overlay.mount(lower, resources.disk_mb, owned)
+        timings["overlay"] = _ms(t0)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(live.socket_path))
+            listener.listen(64)
+            deadline = time.time() + live.sandbox.spec.timeout + AGENT_GRACE_S
+            config = ContainerConfig(
+                id=live.sandbox.id,
+                rootfs=overlay.rootfs,
+                args=[python, "-I", "-S", f"{GUEST_MOUNT}/agent.py",
+                      "--fd", "3", "--deadline", f"{deadline:.3f}"],
+                env=live.env,
+                cwd=HOME,
+                resources=resources,
+                uid=USER_UID,
+                gid=USER_GID,
+                binds=[BindMount(self._guest_dir, GUEST_MOUNT)],
+                pass_fds=[listener.fileno()],
+                cgroup_parent=CGROUP_PARENT,
+            )
+            await live.runtime.start(config, live.directory / "bundle", live.directory / "init.log")
+        finally:
+            listener.close()  # the container holds its own copy
+        timings["runtime"] = _ms(t0)
+
+    async def _supervise(self, live: _Live, io: MainIO) -> None:
+        spec = live.sandbox.spec
+        waiters: set[asyncio.Future[Any]] = set()
+        main: asyncio.Task[ExecResult] | None = None
+        killed = asyncio.ensure_future(live.killed.wait())
+        waiters.add(killed)
+        if spec.command:
+            main = asyncio.create_task(
+                live.client.exec(list(spec.command), env=live.env, cwd=live.workdir,
+                                 stdin=io.stdin, on_stdout=io.on_stdout, on_stderr=io.on_stderr)
+            )
+            waiters.add(main)
+        watch = asyncio.create_task(self._watch_container(live))
+        waiters.add(watch)
+        started = live.sandbox.started_at or live.sandbox.created_at
+        remaining = spec.timeout - (datetime.now(UTC) - started).total_seconds()
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=max(remaining, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            state, exit_code, reason = await self._outcome(live, done, main, killed)
+        except BaseException as exc:
+            state, exit_code, reason = SandboxState.FAILED, None, f"supervisor error: {exc!r}"
+            raise
+        finally:
+            for w in waiters:
+                w.cancel()
+            await self._finish(live, state, exit_code=exit_code, reason=reason)
+
+    async def _outcome(
+        self,
+        live: _Live,
+        done: set[asyncio.Future[Any]],
+        main: asyncio.Task[ExecResult] | None,
+        killed: asyncio.Future[Any],
+    ) -> tuple[SandboxState, int | None, str | None]:
+        sid = live.sandbox.id
+        if killed in done:
+            return SandboxState.KILLED, None, live.kill_reason
+        if not done:
+            return SandboxState.TIMED_OUT, None, f"timeout after {live.sandbox.spec.timeout:g}s"
+        if cgroups.oom_kills(CGROUP_PARENT, sid) > 0:
+            return SandboxState.OOM_KILLED, 137, "memory"
+        if main is not None and main in done:
+            try:
+                result = main.result()
+            except AgentError as exc:
+                return SandboxState.FAILED, None, f"guest agent failed: {exc}"
+            if result.error:
+                return SandboxState.FAILED, result.exit_code, result.error
+            return SandboxState.EXITED, result.exit_code, None
+        return SandboxState.FAILED, None, "sandbox init exited unexpectedly"
+
+    async def _watch_container(self, live: _Live) -> None:
+        """Return when the container stops on its own (its agent died or was killed)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            status = await live.runtime.status(live.sandbox.id)
+            if status in (None, ContainerStatus.STOPPED):
+                return
+
+    async def _finish(
+        self,
+        live: _Live,
+        state: SandboxState,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Release everything, then record the final state. Safe to call on partial starts."""
+        sid = live.sandbox.id
+        errors: list[str] = []
+        try:
+            await live.runtime.delete(sid)
+        except Exception as exc:
+            errors.append(f"delete: {exc}")
+        try:
+            Overlay(live.directory).remove()
+        except OSError as exc:
+            errors.append(f"overlay: {exc}")
+        cgroups.remove(CGROUP_PARENT, sid)
+        if errors:
+            log.error("cleanup incomplete", sandbox=sid, errors=errors)
+        with contextlib.suppress(TartarusError, ValueError):
+            live.sandbox = self.sandboxes.update(
+                live.sandbox, state=state, exit_code=exit_code, reason=reason,
+                finished_at=datetime.now(UTC),
+            )
+        self.sandboxes.set_owner(sid, None)
+        self._live.pop(sid, None)
+        live.done.set()
+
+    # -- operations on running sandboxes ------------------------------------------------------
+
+    def _get_live(self, sandbox_id: str) -> _Live:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            sandbox = self.sandboxes.get(sandbox_id)  # NotFoundError if unknown
+            raise ConflictError(f"sandbox {sandbox_id} is {sandbox.state.value}, not running here")
+        return live
+
+    async def wait(self, sandbox_id: str) -> Sandbox:
+        live = self._live.get(sandbox_id)
+        if live is not None:
+            await live.done.wait()
+        return self.sandboxes.get(sandbox_id)
+
+    async def run(
+        self, spec: SandboxSpec, *, io: MainIO | None = None, progress: ProgressCallback | None = None
+    ) -> Sandbox:
+        """Create a sandbox for `spec.command`, stream its output, and wait until it has ended."""
+        if not spec.command:
+            raise ConflictError("run needs a command")
+        sandbox = await self.create(spec, io=io, progress=progress)
+        try:
+            return await self.wait(sandbox.id)
+        except BaseException:
+            await self.kill(sandbox.id, reason="interrupted")
+            raise
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
+        if not argv:
+            raise ConflictError("exec needs a command")
+        live = self._get_live(sandbox_id)
+        return await live.client.exec(
+            argv, env={**live.env, **(env or {})}, cwd=cwd or live.workdir, timeout=timeout,
+            on_stdout=on_stdout, on_stderr=on_stderr,
+        )
+
+    async def kill(self, sandbox_id: str, *, reason: str = "killed by user") -> Sandbox:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            sandbox = self.sandboxes.get(sandbox_id)
+            if sandbox.terminal:
+                return sandbox
+            raise NotFoundError(f"sandbox {sandbox_id} is not supervised by this engine")
+        if live.kill_reason is None:
+            live.kill_reason = reason
+        live.killed.set()
+        await live.done.wait()
+        return self.sandboxes.get(sandbox_id)
+
+    def running_ids(self) -> list[str]:
+        return list(self._live)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+

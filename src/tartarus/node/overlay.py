@@ -1,0 +1,48 @@
+"""Lethe: the private, size-capped writable layer of one sandbox.
+
+A tmpfs of `disk_mb` holds the overlay's upper and work dirs, so writing past the disk limit
+fails with ENOSPC inside the sandbox and can never fill the host's disk; the template
+rootfs is the read-only lower layer and is never modified. Teardown unmounts both and
+removes the directory. The tmpfs pages are charged to the sandbox's memory cgroup, so a
+full disk also counts against its memory limit (documented trade-off: setup costs about
+1 ms, where a loop-mounted filesystem costs a mkfs per sandbox).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tartarus.runtimes import hostns
+
+
+class Overlay:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.layer = directory / "layer"
+        self.rootfs = directory / "rootfs"
+
+    def mount(self, lower: Path, disk_mb: int, owned_dirs: dict[str, tuple[int, int, int]]) -> None:
+        """Mount the layer; `owned_dirs` maps paths to (uid, gid, mode) pre-created in upper."""
+        self.layer.mkdir(parents=True, exist_ok=True)
+        self.rootfs.mkdir(exist_ok=True)
+        hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", f"size={disk_mb}m,mode=0755")
+        upper, work = self.layer / "upper", self.layer / "work"
+        upper.mkdir()
+        work.mkdir()
+        for path, (uid, gid, mode) in owned_dirs.items():
+            target = upper / path.lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            os.chown(target, uid, gid)
+            target.chmod(mode)
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        hostns.mount("tartarus-overlay", str(self.rootfs), "overlay", options)
+
+    def unmount(self) -> None:
+        hostns.umount(str(self.rootfs))
+        hostns.umount(str(self.layer))
+
+    def remove(self) -> None:
+        self.unmount()
+        shutil.rmtree(self.directory, ignore_errors=True)

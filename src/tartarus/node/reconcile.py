@@ -1,0 +1,68 @@
+"""What an engine does at start-up with what earlier engines left behind.
+
+A sandbox whose owning engine process is gone is reaped: its container is killed and
+deleted, its layer and cgroups removed, and its record ends as failed with the reason.
+(The embedded CLI engine cannot keep supervising a sandbox after the `run` that wanted its
+output is gone; the server re-adopts live ones once it exists.) Containers in our runtime
+roots and sandbox directories that no record accounts for are removed too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+import structlog
+
+from tartarus.models import TERMINAL_STATES, SandboxState
+from tartarus.node import cgroups, owners
+from tartarus.node.overlay import Overlay
+
+if TYPE_CHECKING:
+    from tartarus.node.engine import Engine
+
+log = structlog.get_logger("tartarus.reconcile")
+
+LIVE_STATES = [s for s in SandboxState if s not in TERMINAL_STATES]
+
+
+async def reconcile(engine: Engine) -> list[str]:
+    """Reap orphaned sandboxes; return their ids."""
+    from tartarus.node.engine import CGROUP_PARENT
+
+    reaped: list[str] = []
+    keep: set[str] = set()
+    for sid, owner in engine.sandboxes.owners(LIVE_STATES).items():
+        if owners.alive(owner):
+            keep.add(sid)
+            continue
+        sandbox = engine.sandboxes.get(sid)
+        runtime = engine.runtimes.runtimes.get(sandbox.runtime)
+        if runtime is not None:
+            await runtime.delete(sid)
+        Overlay(engine.settings.sandboxes_dir / sid).remove()
+        cgroups.remove(CGROUP_PARENT, sid)
+        engine.sandboxes.update(
+            sandbox, state=SandboxState.FAILED, reason="engine exited before the sandbox ended"
+        )
+        engine.sandboxes.set_owner(sid, None)
+        reaped.append(sid)
+    def orphan(sid: str) -> bool:
+        # re-read: a sandbox created since the first query is inserted before it gets a
+        # container or a directory, so its live owner shows here
+        return sid not in keep and not owners.alive(engine.sandboxes.owner(sid))
+
+    for runtime in engine.runtimes.runtimes.values():
+        for cid in await runtime.list_ids():
+            if cid.startswith("sb-") and orphan(cid):
+                await runtime.delete(cid)
+                cgroups.remove(CGROUP_PARENT, cid)
+    sandboxes_dir = engine.settings.sandboxes_dir
+    if sandboxes_dir.is_dir():
+        for path in sandboxes_dir.iterdir():
+            if orphan(path.name):
+                Overlay(path).remove()
+                shutil.rmtree(path, ignore_errors=True)
+    if reaped:
+        log.info("reaped orphaned sandboxes", ids=reaped)
+    return reaped

@@ -1,0 +1,99 @@
+"""The unified runtime interface: every isolation technology behind one lifecycle.
+
+An adapter declares what it can do (`Capabilities`) and `probe()` says whether it works on
+this host and, if not, why and what to install. Anything it cannot do raises
+`CapabilityError` naming the runtime and the capability; nothing pretends. Runtimes know
+nothing of the store or the API: they get a `ContainerConfig` and a bundle directory.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tartarus.errors import CapabilityError
+from tartarus.models import Resources
+
+
+class ContainerStatus(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pause: bool = False
+    checkpoint: bool = False
+    userns: bool = False
+    exec_channel: str = "agent"  # how commands reach the sandbox: our guest agent
+    network_modes: tuple[str, ...] = ("none",)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    works: bool
+    version: str = ""
+    reason: str = ""  # why it does not work
+    hint: str = ""  # what to install or change
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: Path
+    destination: str
+    readonly: bool = True
+
+
+@dataclass
+class ContainerConfig:
+    """Everything a runtime needs to start one sandbox's init process."""
+
+    id: str
+    rootfs: Path
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    resources: Resources
+    uid: int = 1000
+    gid: int = 1000
+    hostname: str = "sandbox"
+    binds: list[BindMount] = field(default_factory=list)
+    pass_fds: list[int] = field(default_factory=list)  # become fds 3, 4, ... inside
+    cgroup_parent: str = "tartarus"
+
+
+class Runtime(abc.ABC):
+    name: str
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def probe(self) -> ProbeResult: ...
+
+    @abc.abstractmethod
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> None:
+        """Create and start the container detached; its stdout/stderr go to `log`."""
+
+    @abc.abstractmethod
+    async def status(self, container_id: str) -> ContainerStatus | None:
+        """The container's status, or None if the runtime does not know it."""
+
+    @abc.abstractmethod
+    async def kill(self, container_id: str, signal: int = 9) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, container_id: str) -> None:
+        """Remove the container (killing it first if needed); a missing one is not an error."""
+
+    @abc.abstractmethod
+    async def list_ids(self) -> list[str]:
+        """Ids of the containers this runtime holds in our state root."""
+
+    async def pause(self, container_id: str) -> None:
+        raise CapabilityError(self.name, "pause")
+
+    async def resume(self, container_id: str) -> None:
+        raise CapabilityError(self.name, "resume")

@@ -1,0 +1,185 @@
+"""The shared adapter for OCI command-line runtimes (crun, runc): create/start/state/kill/delete.
+
+Both runtimes speak the same CLI. Subclasses only say how to invoke the binary and how to
+explain a failed probe. Each runtime keeps its state under our own `--root`, so `list`
+shows only Tartarus containers and a leak check can look there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tartarus.errors import RuntimeUnavailableError
+from tartarus.runtimes.base import (
+    BindMount,
+    Capabilities,
+    ContainerConfig,
+    ContainerStatus,
+    ProbeResult,
+    Runtime,
+)
+from tartarus.runtimes.bundle import write_bundle
+from tartarus.models import Resources
+
+
+class OCIRuntime(Runtime):
+    binary: str
+    package: str
+    capabilities = Capabilities(pause=True, checkpoint=False, userns=True)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- invocation -------------------------------------------------------------------------
+
+    def command_prefix(self) -> list[str]:
+        """argv before the runtime's subcommand; crun wraps it in a namespace when needed."""
+        return [self.binary, "--root", str(self.root)]
+
+    def create_prefix(self) -> list[str]:
+        return self.command_prefix()
+
+    async def _run(
+        self, *args: str, prefix: list[str] | None = None, check: bool = True
+    ) -> tuple[int, str, str]:
+        argv = [*(prefix or self.command_prefix()), *args]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError as exc:
+            raise RuntimeUnavailableError(
+                f"{self.name}: {argv[0]} not found; install the {self.package!r} package"
+            ) from exc
+        out, err = await proc.communicate()
+        rc = proc.returncode if proc.returncode is not None else -1
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if check and rc != 0:
+            raise RuntimeUnavailableError(f"{self.name} {args[0]} failed: {_last_line(stderr)}")
+        return rc, stdout, stderr
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_bundle(config, bundle)
+        argv = [*self.create_prefix(), "run", "--detach", "--bundle", str(bundle)]
+        if config.pass_fds:
+            argv += ["--preserve-fds", str(len(config.pass_fds))]
+        argv.append(config.id)
+        fds = list(config.pass_fds)
+
+        def remap_fds() -> None:  # runs in the child between fork and exec
+            for i, fd in enumerate(fds):
+                os.dup2(fd, 3 + i)
+
+        # The container inherits the runtime's stdio, so no pipe of ours may be among them
+        # (waiting for its EOF would wait for the sandbox's end): both go to the log file.
+        with open(log, "ab") as logf:
+            offset = logf.tell()
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                pass_fds=[3 + i for i in range(len(fds))],
+                preexec_fn=remap_fds if fds else None,
+            )
+            await proc.wait()
+        if proc.returncode != 0:
+            with open(log, "rb") as logf:
+                logf.seek(offset)
+                err = logf.read(65536).decode(errors="replace")
+            raise RuntimeUnavailableError(f"{self.name} could not start the sandbox: {_last_line(err)}")
+
+    async def status(self, container_id: str) -> ContainerStatus | None:
+        rc, out, _ = await self._run("state", container_id, check=False)
+        if rc != 0:
+            return None
+        try:
+            return ContainerStatus(json.loads(out)["status"])
+        except (ValueError, KeyError):
+            return None
+
+    async def kill(self, container_id: str, signal: int = 9) -> None:
+        await self._run("kill", container_id, str(signal), check=False)
+
+    async def delete(self, container_id: str) -> None:
+        rc, _, err = await self._run("delete", "--force", container_id, check=False)
+        if rc != 0 and await self.status(container_id) is not None:
+            raise RuntimeUnavailableError(f"{self.name} delete failed: {_last_line(err)}")
+
+    async def list_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        _, out, _ = await self._run("list", "--quiet", check=False)
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    async def pause(self, container_id: str) -> None:
+        await self._run("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run("resume", container_id)
+
+    # -- probing ----------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        _, out, _ = await self._run("--version", prefix=[self.binary])
+        return out.splitlines()[0] if out else ""
+
+    async def probe(self) -> ProbeResult:
+        """Really start a tiny busybox sandbox with the full isolation config."""
+        if shutil.which(self.binary) is None:
+            return ProbeResult(False, reason=f"{self.binary} is not installed",
+                               hint=f"apt-get install {self.package}")
+        version = await self.version()
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            return ProbeResult(False, version, "busybox (needed for the probe) is missing",
+                               "apt-get install busybox-static")
+        probe_dir = self.root.parent / f"probe-{self.name}"
+        rootfs = probe_dir / "rootfs"
+        cid = f"probe-{self.name}-{os.getpid()}"
+        try:
+            _make_probe_rootfs(rootfs, Path(busybox))
+            config = ContainerConfig(
+                id=cid, rootfs=rootfs, args=["/bin/busybox", "true"], env={}, cwd="/",
+                resources=Resources(memory_mb=64, pids=32, cpu=0.5, disk_mb=1),
+                binds=[BindMount(rootfs / "bin", "/mnt")],
+            )
+            log = probe_dir / "log"
+            await self.start(config, probe_dir / "bundle", log)
+            for _ in range(100):
+                if await self.status(cid) in (ContainerStatus.STOPPED, None):
+                    break
+                await asyncio.sleep(0.02)
+            return ProbeResult(True, version)
+        except RuntimeUnavailableError as exc:
+            return ProbeResult(False, version, str(exc), self.failure_hint(str(exc)))
+        finally:
+            await self.delete(cid)
+            shutil.rmtree(probe_dir, ignore_errors=True)
+
+    def failure_hint(self, error: str) -> str:
+        return ""
+
+
+def _make_probe_rootfs(rootfs: Path, busybox: Path) -> None:
+    for d in ("bin", "proc", "sys", "dev", "tmp", "mnt"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    rootfs.parent.chmod(0o755)
+    target = rootfs / "bin" / "busybox"
+    if not target.exists():
+        shutil.copy2(busybox, target)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no error output)"

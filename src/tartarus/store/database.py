@@ -1,0 +1,42 @@
+"""Opening the database: SQLite with WAL, a busy timeout and BEGIN IMMEDIATE transactions,
+so several processes (CLI invocations, a server) can share one state dir safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from tartarus.store import schema
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver level; SQLAlchemy's begin event below issues BEGIN IMMEDIATE.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _on_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        sa.event.listen(self.engine, "connect", _on_connect)
+        sa.event.listen(self.engine, "begin", _on_begin)
+        schema.metadata.create_all(self.engine)
+
+    def begin(self) -> Any:
+        return self.engine.begin()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,41 @@
+"""The tables. Specs and timings are stored as JSON documents validated by the models layer;
+columns exist only for what queries filter or sort on."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+sandboxes = sa.Table(
+    "sandboxes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("template", sa.String(64), nullable=False),
+    sa.Column("runtime", sa.String(32), nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),  # models.Sandbox as JSON
+    sa.Column("owner", sa.String(64), nullable=True),  # engine process "pid:start" (node.owners)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),  # models.TemplateSpec as JSON
+    sa.Column("image", sa.String(64), nullable=True),  # content hash of the built image
+    sa.Column("source", sa.String(16), nullable=False),  # builtin | file | oci
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sandbox_id", sa.String(64), nullable=True, index=True),
+    sa.Column("kind", sa.String(48), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+)

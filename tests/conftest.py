@@ -1,0 +1,77 @@
+"""Test session setup: one short state dir for the whole run, the shared image cache, and the
+runtimes every sandbox test is parametrised over.
+
+CI sets TARTARUS_REQUIRE_RUNTIMES=crun,runc: a required runtime that does not work fails
+the session instead of skipping. Without it (a developer's machine), tests of a runtime that
+does not work here are skipped with the probe's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# A short path: sandbox sockets live under it and AF_UNIX paths are limited to 108 bytes.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
+STATE_DIR.chmod(0o711)
+os.environ["TARTARUS_STATE_DIR"] = str(STATE_DIR)
+
+RUNTIMES = ("crun", "runc")
+REQUIRED = {r.strip() for r in os.environ.get("TARTARUS_REQUIRE_RUNTIMES", "").split(",") if r.strip()}
+TARTARUS = str(Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[1] / ".venv")) / "bin" / "tartarus")
+
+
+def _probe_all() -> dict[str, tuple[bool, str]]:
+    from tartarus.config import Settings
+    from tartarus.runtimes.registry import RuntimeRegistry
+
+    async def probe() -> dict[str, tuple[bool, str]]:
+        registry = RuntimeRegistry(Settings().state_dir)
+        out = {}
+        for name in RUNTIMES:
+            result = await registry.probe(name, fresh=True)
+            out[name] = (result.works, f"{result.reason} {result.hint}".strip())
+        return out
+
+    return asyncio.run(probe())
+
+
+_PROBES: dict[str, tuple[bool, str]] | None = None
+
+
+def probes() -> dict[str, tuple[bool, str]]:
+    global _PROBES
+    if _PROBES is None:
+        _PROBES = _probe_all()
+        broken = {n: why for n, (ok, why) in _PROBES.items() if n in REQUIRED and not ok}
+        if broken:
+            pytest.exit(f"required runtimes do not work: {broken}", returncode=3)
+    return _PROBES
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    works, why = probes()[name]
+    if not works:
+        pytest.skip(f"{name} does not work here: {why}")
+    return name
+
+
+@pytest.fixture(scope="session")
+def tartarus_bin() -> str:
+    if not Path(TARTARUS).exists():
+        pytest.fail(f"{TARTARUS} is missing; run `make test`, which installs it")
+    return TARTARUS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state() -> Iterator[None]:
+    yield
+    shutil.rmtree(STATE_DIR, ignore_errors=True)

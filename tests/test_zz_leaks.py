@@ -1,0 +1,51 @@
+"""Runs last: after the whole suite, nothing of ours is left on the host."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.conftest import STATE_DIR
+
+
+def _mount_lines(pid: str) -> list[str]:
+    return [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+            if "tartarus-" in line or str(STATE_DIR) in line]
+
+
+def test_no_mounts_left() -> None:
+    assert _mount_lines("self") == []
+    assert _mount_lines("1") == []
+
+
+def test_no_cgroups_left() -> None:
+    left = [str(p) for p in Path("/sys/fs/cgroup").glob("*/tartarus/sb-*")]
+    assert left == []
+
+
+def test_no_sandbox_processes_left() -> None:
+    stray = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uid_line = next(l for l in status.read_text().splitlines() if l.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if 100000 <= int(uid_line.split()[1]) < 165536:
+            stray.append(status.parent.name)
+    assert stray == []
+
+
+def test_no_containers_or_sandbox_dirs_left() -> None:
+    for name in ("crun", "runc"):
+        root = STATE_DIR / "runtime" / name
+        if root.exists():
+            out = subprocess.run([name, "--root", str(root), "list", "-q"],
+                                 capture_output=True, text=True, check=True).stdout
+            assert out.split() == []
+    sandboxes = STATE_DIR / "sandboxes"
+    assert not sandboxes.exists() or list(sandboxes.iterdir()) == []
+
+
+def test_no_test_network_namespaces_left() -> None:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert [line for line in out.splitlines() if line.startswith("tt-")] == []
