@@ -23,8 +23,12 @@ STATE_DIR.chmod(0o711)
 os.environ["TARTARUS_STATE_DIR"] = str(STATE_DIR)
 
 RUNTIMES = ("crun", "runc")
-REQUIRED = {r.strip() for r in os.environ.get("TARTARUS_REQUIRE_RUNTIMES", "").split(",") if r.strip()}
-TARTARUS = str(Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[1] / ".venv")) / "bin" / "tartarus")
+REQUIRED = {
+    r.strip() for r in os.environ.get("TARTARUS_REQUIRE_RUNTIMES", "").split(",") if r.strip()
+}
+TARTARUS = str(
+    Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[1] / ".venv")) / "bin" / "tartarus"
+)
 
 
 def _probe_all() -> dict[str, tuple[bool, str]]:

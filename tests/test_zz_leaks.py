@@ -9,8 +9,11 @@ from tests.conftest import STATE_DIR
 
 
 def _mount_lines(pid: str) -> list[str]:
-    return [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-            if "tartarus-" in line or str(STATE_DIR) in line]
+    return [
+        line
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if "tartarus-" in line or str(STATE_DIR) in line
+    ]
 
 
 def test_no_mounts_left() -> None:
@@ -27,7 +30,7 @@ def test_no_sandbox_processes_left() -> None:
     stray = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            uid_line = next(l for l in status.read_text().splitlines() if l.startswith("Uid:"))
+            uid_line = next(x for x in status.read_text().splitlines() if x.startswith("Uid:"))
         except (OSError, StopIteration):
             continue
         if 100000 <= int(uid_line.split()[1]) < 165536:
@@ -39,8 +42,12 @@ def test_no_containers_or_sandbox_dirs_left() -> None:
     for name in ("crun", "runc"):
         root = STATE_DIR / "runtime" / name
         if root.exists():
-            out = subprocess.run([name, "--root", str(root), "list", "-q"],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [name, "--root", str(root), "list", "-q"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             assert out.split() == []
     sandboxes = STATE_DIR / "sandboxes"
     assert not sandboxes.exists() or list(sandboxes.iterdir()) == []

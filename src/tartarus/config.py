@@ -17,7 +17,9 @@ def _env_path(name: str, default: str) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    state_dir: Path = field(default_factory=lambda: _env_path("TARTARUS_STATE_DIR", "/var/lib/tartarus"))
+    state_dir: Path = field(
+        default_factory=lambda: _env_path("TARTARUS_STATE_DIR", "/var/lib/tartarus")
+    )
     image_dir: Path = field(
         default_factory=lambda: _env_path("TARTARUS_IMAGE_DIR", "/var/lib/tartarus/images")
     )

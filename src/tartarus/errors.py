@@ -1,14 +1,14 @@
 """One exception tree for the whole engine (httpx style); the API maps it to HTTP statuses.
 
-    TartarusError
-    ├── InvalidRequestError      bad input: unknown template, invalid resources (HTTP 400/422)
-    ├── NotFoundError            no such sandbox, template or file (404)
-    ├── ConflictError            the object's state does not allow the action (409)
-    ├── CapabilityError          the runtime cannot do this here (409), names runtime and capability
-    ├── RuntimeUnavailableError  no usable runtime, or the runtime binary failed (503)
-    ├── BuildError               a template build failed (500), with the failing step
-    └── AgentError               the guest agent is unreachable or broke the protocol (502)
-        └── AgentTimeoutError    it did not answer in time
+TartarusError
+├── InvalidRequestError      bad input: unknown template, invalid resources (HTTP 400/422)
+├── NotFoundError            no such sandbox, template or file (404)
+├── ConflictError            the object's state does not allow the action (409)
+├── CapabilityError          the runtime cannot do this here (409), names runtime and capability
+├── RuntimeUnavailableError  no usable runtime, or the runtime binary failed (503)
+├── BuildError               a template build failed (500), with the failing step
+└── AgentError               the guest agent is unreachable or broke the protocol (502)
+    └── AgentTimeoutError    it did not answer in time
 """
 
 from __future__ import annotations

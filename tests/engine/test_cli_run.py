@@ -30,8 +30,18 @@ def test_stdout_and_stderr_go_to_matching_streams(runtime: str) -> None:
 def test_output_streams_live(runtime: str) -> None:
     """The first line arrives while the command is still running, not at the end."""
     proc = subprocess.Popen(
-        [TARTARUS, "run", "--runtime", runtime, "--", "sh", "-c", "echo first; sleep 3; echo second"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            TARTARUS,
+            "run",
+            "--runtime",
+            runtime,
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 3; echo second",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()
@@ -57,8 +67,13 @@ def test_stdin_is_empty_without_flag(runtime: str) -> None:
 
 
 def test_env_and_workdir(runtime: str) -> None:
-    proc = run(runtime, "sh", "-c", 'echo "$FOO|$BAR|$(pwd)|$(id -u)"',
-               opts=("--env", "FOO=bar baz", "-e", "BAR=", "--workdir", "/work/dir"))
+    proc = run(
+        runtime,
+        "sh",
+        "-c",
+        'echo "$FOO|$BAR|$(pwd)|$(id -u)"',
+        opts=("--env", "FOO=bar baz", "-e", "BAR=", "--workdir", "/work/dir"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"bar baz||/work/dir|1000\n"
 
@@ -116,8 +131,18 @@ def test_missing_command_is_a_usage_error() -> None:
 def test_help_lists_the_options() -> None:
     proc = tartarus("run", "--help")
     assert proc.returncode == 0
-    for flag in (b"--template", b"--runtime", b"--cpu", b"--memory", b"--pids", b"--disk",
-                 b"--timeout", b"--env", b"--workdir", b"--stdin"):
+    for flag in (
+        b"--template",
+        b"--runtime",
+        b"--cpu",
+        b"--memory",
+        b"--pids",
+        b"--disk",
+        b"--timeout",
+        b"--env",
+        b"--workdir",
+        b"--stdin",
+    ):
         assert flag in proc.stdout
 
 

@@ -26,8 +26,13 @@ print("forked", n, flush=True)
 
 
 def test_memory_limit_is_an_oom_kill(runtime: str) -> None:
-    proc = run(runtime, "python3", "-c", "b = bytearray(300 * 1024 * 1024); print('survived')",
-               opts=("--memory", "64"))
+    proc = run(
+        runtime,
+        "python3",
+        "-c",
+        "b = bytearray(300 * 1024 * 1024); print('survived')",
+        opts=("--memory", "64"),
+    )
     assert proc.returncode == 137, proc.stderr
     assert b"survived" not in proc.stdout
     assert b"out of memory" in proc.stderr
@@ -42,9 +47,15 @@ def test_pids_limit_caps_forks(runtime: str) -> None:
 
 def test_fork_bomb_is_contained_and_host_stays_responsive(runtime: str) -> None:
     bomb = subprocess.Popen(
-        _run_argv(runtime, "sh", "-c", "b(){ b | b & }; b; while :; do :; done",
-                  opts=("--pids", "64", "--cpu", "0.5", "--timeout", "6")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        _run_argv(
+            runtime,
+            "sh",
+            "-c",
+            "b(){ b | b & }; b; while :; do :; done",
+            opts=("--pids", "64", "--cpu", "0.5", "--timeout", "6"),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     time.sleep(2)
     start = time.monotonic()

@@ -18,9 +18,16 @@ S = SandboxState
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [(S.PENDING, S.STARTING), (S.STARTING, S.RUNNING), (S.RUNNING, S.EXITED),
-     (S.RUNNING, S.OOM_KILLED), (S.RUNNING, S.TIMED_OUT), (S.STARTING, S.FAILED),
-     (S.PENDING, S.FAILED), (S.RUNNING, S.KILLED)],
+    [
+        (S.PENDING, S.STARTING),
+        (S.STARTING, S.RUNNING),
+        (S.RUNNING, S.EXITED),
+        (S.RUNNING, S.OOM_KILLED),
+        (S.RUNNING, S.TIMED_OUT),
+        (S.STARTING, S.FAILED),
+        (S.PENDING, S.FAILED),
+        (S.RUNNING, S.KILLED),
+    ],
 )
 def test_legal_transitions(a: SandboxState, b: SandboxState) -> None:
     check_transition(a, b)
@@ -34,8 +41,13 @@ def test_terminal_states_are_final(end: SandboxState) -> None:
 
 
 @pytest.mark.parametrize(
-    ("a", "b"), [(S.RUNNING, S.STARTING), (S.RUNNING, S.PENDING), (S.PENDING, S.RUNNING),
-                 (S.PENDING, S.EXITED)],
+    ("a", "b"),
+    [
+        (S.RUNNING, S.STARTING),
+        (S.RUNNING, S.PENDING),
+        (S.PENDING, S.RUNNING),
+        (S.PENDING, S.EXITED),
+    ],
 )
 def test_illegal_transitions(a: SandboxState, b: SandboxState) -> None:
     with pytest.raises(IllegalTransition, match=f"{a.value} -> {b.value}"):
@@ -61,8 +73,9 @@ def test_spec_rejects_bad_env_and_workdir() -> None:
 
 def test_template_hash_ignores_runtime_only_fields() -> None:
     a = TemplateSpec(name="a", apt=("curl",))
-    b = TemplateSpec(name="b", apt=("curl",), env={"X": "1"}, workdir="/srv",
-                     resources=Resources(memory_mb=64))
+    b = TemplateSpec(
+        name="b", apt=("curl",), env={"X": "1"}, workdir="/srv", resources=Resources(memory_mb=64)
+    )
     c = TemplateSpec(name="a", apt=("curl", "git"))
     assert a.content_hash() == b.content_hash()
     assert a.content_hash() != c.content_hash()

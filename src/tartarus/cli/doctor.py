@@ -16,23 +16,36 @@ from tartarus.runtimes import hostns
 from tartarus.runtimes.base import ProbeResult
 from tartarus.runtimes.registry import PREFERENCE, RuntimeRegistry
 
-TOOLS = {"debootstrap": "debootstrap", "umoci": "umoci", "skopeo": "skopeo",
-         "busybox": "busybox-static"}
+TOOLS = {
+    "debootstrap": "debootstrap",
+    "umoci": "umoci",
+    "skopeo": "skopeo",
+    "busybox": "busybox-static",
+}
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--require", default="", metavar="R1,R2",
-              help="Exit 1 unless each of these runtimes works (for CI).")
+@click.option(
+    "--require",
+    default="",
+    metavar="R1,R2",
+    help="Exit 1 unless each of these runtimes works (for CI).",
+)
 def doctor(as_json: bool, require: str) -> int:
     """Probe each runtime by starting a tiny sandbox, and check the host tools."""
     results = asyncio.run(_probe_all())
     tools = {name: shutil.which(name) is not None for name in TOOLS}
     if as_json:
-        click.echo(json.dumps({
-            "runtimes": {n: r.__dict__ for n, r in results.items()},
-            "tools": tools,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "runtimes": {n: r.__dict__ for n, r in results.items()},
+                    "tools": tools,
+                },
+                indent=2,
+            )
+        )
     else:
         _print(results, tools)
     required = [r.strip() for r in require.split(",") if r.strip()]

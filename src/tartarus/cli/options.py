@@ -33,6 +33,13 @@ def resources(base: Resources, **overrides: Any) -> Resources:
 def validation_message(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "value"
-    flag = {"cpu": "--cpu", "memory_mb": "--memory", "pids": "--pids", "disk_mb": "--disk",
-            "timeout": "--timeout", "workdir": "--workdir", "env": "--env"}.get(field, field)
+    flag = {
+        "cpu": "--cpu",
+        "memory_mb": "--memory",
+        "pids": "--pids",
+        "disk_mb": "--disk",
+        "timeout": "--timeout",
+        "workdir": "--workdir",
+        "env": "--env",
+    }.get(field, field)
     return f"invalid {flag}: {err['msg'].removeprefix('Value error, ')}"

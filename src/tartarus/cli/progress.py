@@ -19,20 +19,30 @@ class BuildProgress:
     def update(self, step: str, fraction: float | None) -> None:
         if self._progress is None:
             self._progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.title, total=1.0)
         assert self._task is not None
-        self._progress.update(self._task, description=f"{self.title}: {step}",
-                              completed=fraction if fraction is not None else None)
+        self._progress.update(
+            self._task,
+            description=f"{self.title}: {step}",
+            completed=fraction if fraction is not None else None,
+        )
 
     def __enter__(self) -> BuildProgress:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._progress is not None:
             self._progress.stop()

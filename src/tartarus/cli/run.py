@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 import click
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from tartarus.cli.options import parse_env, resources, validation_message
 from tartarus.cli.progress import BuildProgress
 from tartarus.errors import InvalidRequestError
 from tartarus.models import Sandbox, SandboxSpec, SandboxState
+from tartarus.node.agent_client import OutputCallback
 from tartarus.node.engine import Engine, MainIO
 from tartarus.runtimes.registry import RUNTIME_CLASSES
 
@@ -27,21 +29,41 @@ EXIT_FAILED = 1
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.option("--template", "-t", default="python", show_default=True, help="Template name.")
-@click.option("--runtime", type=click.Choice(sorted(RUNTIME_CLASSES)), default=None,
-              help="Isolation runtime (default: the best that works here).")
+@click.option(
+    "--runtime",
+    type=click.Choice(sorted(RUNTIME_CLASSES)),
+    default=None,
+    help="Isolation runtime (default: the best that works here).",
+)
 @click.option("--cpu", type=float, default=None, help="CPU cores, e.g. 0.5.")
 @click.option("--memory", type=int, default=None, metavar="MIB", help="Memory limit in MiB.")
 @click.option("--pids", type=int, default=None, metavar="N", help="Max processes and threads.")
 @click.option("--disk", type=int, default=None, metavar="MIB", help="Writable layer size in MiB.")
-@click.option("--timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
-              help="Wall-clock limit; the sandbox is killed after it.")
-@click.option("--env", "-e", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wall-clock limit; the sandbox is killed after it.",
+)
+@click.option(
+    "--env", "-e", multiple=True, metavar="K=V", help="Environment variable (repeatable)."
+)
 @click.option("--workdir", "-w", default=None, metavar="PATH", help="Working directory inside.")
 @click.option("--stdin", "pass_stdin", is_flag=True, help="Pass this command's stdin through.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
-    template: str, runtime: str | None, cpu: float | None, memory: int | None, pids: int | None,
-    disk: int | None, timeout: float, env: tuple[str, ...], workdir: str | None, pass_stdin: bool,
+    template: str,
+    runtime: str | None,
+    cpu: float | None,
+    memory: int | None,
+    pids: int | None,
+    disk: int | None,
+    timeout: float,
+    env: tuple[str, ...],
+    workdir: str | None,
+    pass_stdin: bool,
     command: tuple[str, ...],
 ) -> int:
     """Run COMMAND in a new sandbox and exit with its exit code.
@@ -52,13 +74,34 @@ def run(
     130 interrupted; 1 the sandbox failed; 2 bad input.
     """
     env_map = parse_env(env)
-    return asyncio.run(_run(template, runtime, cpu, memory, pids, disk, timeout, env_map,
-                            workdir, pass_stdin, command))
+    return asyncio.run(
+        _run(
+            template,
+            runtime,
+            cpu,
+            memory,
+            pids,
+            disk,
+            timeout,
+            env_map,
+            workdir,
+            pass_stdin,
+            command,
+        )
+    )
 
 
 async def _run(
-    template: str, runtime: str | None, cpu: float | None, memory: int | None, pids: int | None,
-    disk: int | None, timeout: float, env: dict[str, str], workdir: str | None, pass_stdin: bool,
+    template: str,
+    runtime: str | None,
+    cpu: float | None,
+    memory: int | None,
+    pids: int | None,
+    disk: int | None,
+    timeout: float,
+    env: dict[str, str],
+    workdir: str | None,
+    pass_stdin: bool,
     command: tuple[str, ...],
 ) -> int:
     engine = Engine()
@@ -71,12 +114,22 @@ async def _run(
         base = engine.catalog.resolve(template).spec.resources
         limits = resources(base, cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
         try:
-            spec = SandboxSpec(template=template, command=command, env=env, workdir=workdir,
-                               resources=limits, timeout=timeout, runtime=runtime)
+            spec = SandboxSpec(
+                template=template,
+                command=command,
+                env=env,
+                workdir=workdir,
+                resources=limits,
+                timeout=timeout,
+                runtime=runtime,
+            )
         except ValidationError as exc:
             raise InvalidRequestError(validation_message(exc)) from None
-        io = MainIO(on_stdout=_writer(sys.stdout.buffer), on_stderr=_writer(sys.stderr.buffer),
-                    stdin=_stdin_chunks() if pass_stdin else None)
+        io = MainIO(
+            on_stdout=_writer(sys.stdout.buffer),
+            on_stderr=_writer(sys.stderr.buffer),
+            stdin=_stdin_chunks() if pass_stdin else None,
+        )
         with BuildProgress() as progress:
             sandbox = await engine.run(spec, io=io, progress=progress.update)
         return exit_code(sandbox)
@@ -95,15 +148,19 @@ def exit_code(sandbox: Sandbox) -> int:
         SandboxState.KILLED: (EXIT_KILLED, "killed"),
     }.get(sandbox.state, (EXIT_FAILED, "failed"))
     code, what = message
-    detail = f" ({sandbox.reason})" if sandbox.reason and sandbox.state != SandboxState.OOM_KILLED else ""
+    detail = (
+        f" ({sandbox.reason})"
+        if sandbox.reason and sandbox.state != SandboxState.OOM_KILLED
+        else ""
+    )
     click.echo(f"tartarus: sandbox {sandbox.id} {what}{detail}", err=True)
     return code
 
 
-def _writer(stream: object) -> object:
+def _writer(stream: BinaryIO) -> OutputCallback:
     def write(data: bytes) -> None:
-        stream.write(data)  # type: ignore[attr-defined]
-        stream.flush()  # type: ignore[attr-defined]
+        stream.write(data)
+        stream.flush()
 
     return write
 

@@ -41,7 +41,9 @@ TERMINAL_STATES = frozenset(
 
 _ENDINGS = TERMINAL_STATES
 _ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
-    SandboxState.PENDING: frozenset({SandboxState.STARTING, SandboxState.FAILED, SandboxState.KILLED}),
+    SandboxState.PENDING: frozenset(
+        {SandboxState.STARTING, SandboxState.FAILED, SandboxState.KILLED}
+    ),
     SandboxState.STARTING: frozenset({SandboxState.RUNNING}) | _ENDINGS,
     SandboxState.RUNNING: _ENDINGS,
 }

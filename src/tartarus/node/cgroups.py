@@ -7,6 +7,7 @@ directories a runtime is known to leave (runc leaves its cgroup2 twin on hybrid 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -70,11 +71,7 @@ def remove(parent: str, sandbox_id: str) -> None:
     for path in leftovers(parent, sandbox_id):
         for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if child.is_dir():
-                try:
+                with contextlib.suppress(OSError):
                     child.rmdir()
-                except OSError:
-                    pass
-        try:
+        with contextlib.suppress(OSError):
             path.rmdir()
-        except OSError:
-            pass

@@ -214,8 +214,16 @@ class Engine:
             config = ContainerConfig(
                 id=live.sandbox.id,
                 rootfs=overlay.rootfs,
-                args=[python, "-I", "-S", f"{GUEST_MOUNT}/agent.py",
-                      "--fd", "3", "--deadline", f"{deadline:.3f}"],
+                args=[
+                    python,
+                    "-I",
+                    "-S",
+                    f"{GUEST_MOUNT}/agent.py",
+                    "--fd",
+                    "3",
+                    "--deadline",
+                    f"{deadline:.3f}",
+                ],
                 env=live.env,
                 cwd=HOME,
                 resources=resources,
@@ -238,8 +246,14 @@ class Engine:
         waiters.add(killed)
         if spec.command:
             main = asyncio.create_task(
-                live.client.exec(list(spec.command), env=live.env, cwd=live.workdir,
-                                 stdin=io.stdin, on_stdout=io.on_stdout, on_stderr=io.on_stderr)
+                live.client.exec(
+                    list(spec.command),
+                    env=live.env,
+                    cwd=live.workdir,
+                    stdin=io.stdin,
+                    on_stdout=io.on_stdout,
+                    on_stderr=io.on_stderr,
+                )
             )
             waiters.add(main)
         watch = asyncio.create_task(self._watch_container(live))
@@ -247,8 +261,9 @@ class Engine:
         started = live.sandbox.started_at or live.sandbox.created_at
         remaining = spec.timeout - (datetime.now(UTC) - started).total_seconds()
         try:
-            done, _ = await asyncio.wait(waiters, timeout=max(remaining, 0),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiters, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
+            )
             state, exit_code, reason = await self._outcome(live, done, main, killed)
         except BaseException as exc:
             state, exit_code, reason = SandboxState.FAILED, None, f"supervisor error: {exc!r}"
@@ -314,7 +329,10 @@ class Engine:
             log.error("cleanup incomplete", sandbox=sid, errors=errors)
         with contextlib.suppress(TartarusError, ValueError):
             live.sandbox = self.sandboxes.update(
-                live.sandbox, state=state, exit_code=exit_code, reason=reason,
+                live.sandbox,
+                state=state,
+                exit_code=exit_code,
+                reason=reason,
                 finished_at=datetime.now(UTC),
             )
         self.sandboxes.set_owner(sid, None)
@@ -337,7 +355,11 @@ class Engine:
         return self.sandboxes.get(sandbox_id)
 
     async def run(
-        self, spec: SandboxSpec, *, io: MainIO | None = None, progress: ProgressCallback | None = None
+        self,
+        spec: SandboxSpec,
+        *,
+        io: MainIO | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Sandbox:
         """Create a sandbox for `spec.command`, stream its output, and wait until it has ended."""
         if not spec.command:
@@ -364,8 +386,12 @@ class Engine:
             raise ConflictError("exec needs a command")
         live = self._get_live(sandbox_id)
         return await live.client.exec(
-            argv, env={**live.env, **(env or {})}, cwd=cwd or live.workdir, timeout=timeout,
-            on_stdout=on_stdout, on_stderr=on_stderr,
+            argv,
+            env={**live.env, **(env or {})},
+            cwd=cwd or live.workdir,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
         )
 
     async def kill(self, sandbox_id: str, *, reason: str = "killed by user") -> Sandbox:
@@ -387,4 +413,3 @@ class Engine:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
-

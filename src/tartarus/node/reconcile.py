@@ -47,6 +47,7 @@ async def reconcile(engine: Engine) -> list[str]:
         )
         engine.sandboxes.set_owner(sid, None)
         reaped.append(sid)
+
     def orphan(sid: str) -> bool:
         # re-read: a sandbox created since the first query is inserted before it gets a
         # container or a directory, so its live owner shows here

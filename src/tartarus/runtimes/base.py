@@ -70,6 +70,9 @@ class Runtime(abc.ABC):
     name: str
     capabilities: Capabilities
 
+    def __init__(self, root: Path) -> None:
+        self.root = root  # the runtime's own state lives here, apart from other users'
+
     @abc.abstractmethod
     async def probe(self) -> ProbeResult: ...
 

@@ -21,12 +21,24 @@ ID_RANGE = 65536
 CPU_PERIOD_US = 100_000
 
 MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = [
-    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
 ]
 
 
@@ -38,23 +50,53 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
     res = config.resources
     memory = res.memory_mb * 1024 * 1024
     mounts: list[dict[str, Any]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {
+            "destination": "/proc",
+            "type": "proc",
+            "source": "proc",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
     ]
     for bind in config.binds:
         options = ["rbind", "nosuid", "nodev"] + (["ro"] if bind.readonly else ["rw"])
-        mounts.append({"destination": bind.destination, "type": "bind",
-                       "source": str(bind.source), "options": options})
+        mounts.append(
+            {
+                "destination": bind.destination,
+                "type": "bind",
+                "source": str(bind.source),
+                "options": options,
+            }
+        )
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -63,7 +105,9 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
             "args": config.args,
             "env": [f"{k}={v}" for k, v in config.env.items()],
             "cwd": config.cwd,
-            "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "capabilities": {
+                k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+            },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
             "noNewPrivileges": True,
         },
@@ -73,7 +117,9 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": HOST_UID_BASE, "size": ID_RANGE}],
             "gidMappings": [{"containerID": 0, "hostID": HOST_UID_BASE, "size": ID_RANGE}],
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")],
+            "namespaces": [
+                {"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")
+            ],
             "resources": {
                 "memory": {"limit": memory, "swap": memory},
                 "cpu": {"quota": int(res.cpu * CPU_PERIOD_US), "period": CPU_PERIOD_US},

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tartarus.runtimes import hostns
 from tartarus.runtimes.oci_cli import OCIRuntime
 
-_WRAP = "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\""
+_WRAP = 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"'
 
 
 class CrunRuntime(OCIRuntime):
@@ -21,10 +21,22 @@ class CrunRuntime(OCIRuntime):
     def create_prefix(self) -> list[str]:
         if hostns.entered() or not hostns.is_hybrid_cgroup_host():
             return self.command_prefix()
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", _WRAP, "sh",
-                *self.command_prefix()]
+        return [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _WRAP,
+            "sh",
+            *self.command_prefix(),
+        ]
 
     def failure_hint(self, error: str) -> str:
         if "hybrid" in error:
-            return "cgroup v1 hybrid host: run in a private mount namespace without /sys/fs/cgroup/unified"
+            return (
+                "cgroup v1 hybrid host: run crun in a private mount namespace"
+                " without /sys/fs/cgroup/unified"
+            )
         return ""

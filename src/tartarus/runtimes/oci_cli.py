@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
+from tartarus.models import Resources
 from tartarus.runtimes.base import (
     BindMount,
     Capabilities,
@@ -23,16 +24,12 @@ from tartarus.runtimes.base import (
     Runtime,
 )
 from tartarus.runtimes.bundle import write_bundle
-from tartarus.models import Resources
 
 
 class OCIRuntime(Runtime):
     binary: str
     package: str
     capabilities = Capabilities(pause=True, checkpoint=False, userns=True)
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
 
     # -- invocation -------------------------------------------------------------------------
 
@@ -94,10 +91,12 @@ class OCIRuntime(Runtime):
             )
             await proc.wait()
         if proc.returncode != 0:
-            with open(log, "rb") as logf:
-                logf.seek(offset)
-                err = logf.read(65536).decode(errors="replace")
-            raise RuntimeUnavailableError(f"{self.name} could not start the sandbox: {_last_line(err)}")
+            with open(log, "rb") as reader:
+                reader.seek(offset)
+                err = reader.read(65536).decode(errors="replace")
+            raise RuntimeUnavailableError(
+                f"{self.name} could not start the sandbox: {_last_line(err)}"
+            )
 
     async def status(self, container_id: str) -> ContainerStatus | None:
         rc, out, _ = await self._run("state", container_id, check=False)
@@ -137,20 +136,31 @@ class OCIRuntime(Runtime):
     async def probe(self) -> ProbeResult:
         """Really start a tiny busybox sandbox with the full isolation config."""
         if shutil.which(self.binary) is None:
-            return ProbeResult(False, reason=f"{self.binary} is not installed",
-                               hint=f"apt-get install {self.package}")
+            return ProbeResult(
+                False,
+                reason=f"{self.binary} is not installed",
+                hint=f"apt-get install {self.package}",
+            )
         version = await self.version()
         busybox = shutil.which("busybox")
         if busybox is None:
-            return ProbeResult(False, version, "busybox (needed for the probe) is missing",
-                               "apt-get install busybox-static")
+            return ProbeResult(
+                False,
+                version,
+                "busybox (needed for the probe) is missing",
+                "apt-get install busybox-static",
+            )
         probe_dir = self.root.parent / f"probe-{self.name}"
         rootfs = probe_dir / "rootfs"
         cid = f"probe-{self.name}-{os.getpid()}"
         try:
             _make_probe_rootfs(rootfs, Path(busybox))
             config = ContainerConfig(
-                id=cid, rootfs=rootfs, args=["/bin/busybox", "true"], env={}, cwd="/",
+                id=cid,
+                rootfs=rootfs,
+                args=["/bin/busybox", "true"],
+                env={},
+                cwd="/",
                 resources=Resources(memory_mb=64, pids=32, cpu=0.5, disk_mb=1),
                 binds=[BindMount(rootfs / "bin", "/mnt")],
             )

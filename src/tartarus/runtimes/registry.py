@@ -26,7 +26,7 @@ class RuntimeRegistry:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "runtime"
         self.runtimes: dict[str, Runtime] = {
-            name: cls(self.root / name) for name, cls in RUNTIME_CLASSES.items()  # type: ignore[call-arg]
+            name: cls(self.root / name) for name, cls in RUNTIME_CLASSES.items()
         }
         self._cache_file = self.root / "probes.json"
 
@@ -43,7 +43,9 @@ class RuntimeRegistry:
         cache = self._load_cache()
         entry = cache.get(name)
         if not fresh and entry and entry.get("key") == key and key is not None:
-            return ProbeResult(**entry["result"])
+            stored = entry["result"]
+            if isinstance(stored, dict):
+                return ProbeResult(**stored)
         result = await runtime.probe()
         cache[name] = {"key": key, "result": dataclasses.asdict(result)}
         self._save_cache(cache)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -97,21 +98,20 @@ class SandboxRepository:
 
     def owner(self, sandbox_id: str) -> str | None:
         with self.db.begin() as conn:
-            return conn.execute(
+            owner: str | None = conn.execute(
                 sa.select(sandboxes.c.owner).where(sandboxes.c.id == sandbox_id)
             ).scalar()
+        return owner
 
     def set_owner(self, sandbox_id: str, owner: str | None) -> None:
         with self.db.begin() as conn:
-            conn.execute(
-                sandboxes.update().where(sandboxes.c.id == sandbox_id).values(owner=owner)
-            )
+            conn.execute(sandboxes.update().where(sandboxes.c.id == sandbox_id).values(owner=owner))
 
     def delete(self, sandbox_id: str) -> None:
         with self.db.begin() as conn:
             conn.execute(sandboxes.delete().where(sandboxes.c.id == sandbox_id))
 
-    def events(self, sandbox_id: str) -> list[dict[str, Any]]:
+    def events(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
         with self.db.begin() as conn:
             rows = conn.execute(
                 sa.select(events.c.kind, events.c.data, events.c.ts)

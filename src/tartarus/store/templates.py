@@ -49,7 +49,9 @@ class TemplateRepository:
     def list(self) -> list[TemplateRecord]:
         with self.db.begin() as conn:
             rows = conn.execute(sa.select(templates).order_by(templates.c.name)).all()
-        return [TemplateRecord(TemplateSpec.model_validate(r.spec), r.image, r.source) for r in rows]
+        return [
+            TemplateRecord(TemplateSpec.model_validate(r.spec), r.image, r.source) for r in rows
+        ]
 
     def delete(self, name: str) -> bool:
         with self.db.begin() as conn:
