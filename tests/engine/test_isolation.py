@@ -163,3 +163,21 @@ async def test_sandbox_records_running_then_killed(engine: Engine, runtime: str)
     assert final.finished_at is not None
     assert not (engine.settings.sandboxes_dir / sid).exists()
     assert os.path.exists(engine.settings.db_path)
+
+
+async def test_hardening_no_privileges_and_syscalls_denied(engine: Engine, runtime: str) -> None:
+    sid = await _sandbox(engine, runtime)
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('unshare', libc.unshare(0x10000000), ctypes.get_errno())\n"
+        "print('mount', libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())\n"
+        "status = open('/proc/self/status').read()\n"
+        "print([l for l in status.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))])\n"
+    )
+    result = await engine.exec(sid, [PY, "-c", code])
+    out = result.stdout.decode()
+    assert "unshare -1 1" in out, out  # EPERM from seccomp
+    assert "mount -1 1" in out, out
+    assert "CapEff:\\t0000000000000000" in out, out
+    assert "NoNewPrivs:\\t1" in out, out

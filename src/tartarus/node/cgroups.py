@@ -7,7 +7,10 @@ directories a runtime is known to leave (runc leaves its cgroup2 twin on hybrid 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -64,6 +67,34 @@ def leftovers(parent: str, sandbox_id: str | None = None) -> list[Path]:
     if (v2 / "cgroup.procs").exists():
         found.extend(p for p in v2.iterdir() if p.is_dir() and (sandbox_id in (None, p.name)))
     return found
+
+
+def pids(parent: str, sandbox_id: str) -> set[int]:
+    found: set[int] = set()
+    for path in leftovers(parent, sandbox_id):
+        for procs in path.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(p) for p in procs.read_text().split())
+    return found
+
+
+async def drain(parent: str, sandbox_id: str, timeout: float = 5.0) -> set[int]:
+    """Wait until no process is left in the sandbox's cgroups, SIGKILLing stragglers.
+
+    A runtime's kill returns once the init is signalled; the rest of the pid namespace dies
+    asynchronously, and a cgroup with members cannot be removed. Returns what survived.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while left := pids(parent, sandbox_id):
+        if loop.time() > deadline:
+            return left
+        if loop.time() > deadline - timeout / 2:
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.02)
+    return set()
 
 
 def remove(parent: str, sandbox_id: str) -> None:

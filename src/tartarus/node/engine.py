@@ -35,19 +35,18 @@ from tartarus.errors import (
 from tartarus.images.cache import ImageCache
 from tartarus.images.catalog import TemplateCatalog
 from tartarus.models import ExecResult, Resources, Sandbox, SandboxSpec, SandboxState
-from tartarus.node import cgroups, guestfiles, owners
+from tartarus.node import cgroups, guestfiles, owners, reaper
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.overlay import Overlay
 from tartarus.runtimes import hostns
 from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus, Runtime
-from tartarus.runtimes.bundle import host_uid
+from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
 from tartarus.runtimes.registry import RuntimeRegistry
 from tartarus.store import Database
 from tartarus.store.sandboxes import SandboxRepository
 
 log = structlog.get_logger("tartarus.engine")
 
-CGROUP_PARENT = "tartarus"
 USER_UID = USER_GID = 1000
 HOME = "/home/user"
 GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
@@ -73,6 +72,7 @@ class _Live:
     socket_path: Path
     env: dict[str, str]
     workdir: str
+    init_pid: int | None = None
     kill_reason: str | None = None
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,6 +113,7 @@ class Engine:
             d.chmod(0o711)  # container roots (unprivileged host uids) must traverse to binds
         if hostns.is_hybrid_cgroup_host():
             hostns.enter()
+        reaper.become_subreaper()
         self._guest_dir = guestfiles.install(self.settings.state_dir)
         if reconcile:
             from tartarus.node.reconcile import reconcile as _reconcile
@@ -231,9 +232,10 @@ class Engine:
                 gid=USER_GID,
                 binds=[BindMount(self._guest_dir, GUEST_MOUNT)],
                 pass_fds=[listener.fileno()],
-                cgroup_parent=CGROUP_PARENT,
             )
-            await live.runtime.start(config, live.directory / "bundle", live.directory / "init.log")
+            live.init_pid = await live.runtime.start(
+                config, live.directory / "bundle", live.directory / "init.log"
+            )
         finally:
             listener.close()  # the container holds its own copy
         timings["runtime"] = _ms(t0)
@@ -320,10 +322,14 @@ class Engine:
             await live.runtime.delete(sid)
         except Exception as exc:
             errors.append(f"delete: {exc}")
+        if live.init_pid is not None and not await reaper.reap(live.init_pid):
+            errors.append(f"init process {live.init_pid} did not exit")
         try:
             Overlay(live.directory).remove()
         except OSError as exc:
             errors.append(f"overlay: {exc}")
+        if survivors := await cgroups.drain(CGROUP_PARENT, sid):
+            errors.append(f"processes survived the kill: {sorted(survivors)}")
         cgroups.remove(CGROUP_PARENT, sid)
         if errors:
             log.error("cleanup incomplete", sandbox=sid, errors=errors)

@@ -10,13 +10,15 @@ roots and sandbox directories that no record accounts for are removed too.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from tartarus.models import TERMINAL_STATES, SandboxState
-from tartarus.node import cgroups, owners
+from tartarus.node import cgroups, owners, reaper
 from tartarus.node.overlay import Overlay
+from tartarus.runtimes.bundle import CGROUP_PARENT
 
 if TYPE_CHECKING:
     from tartarus.node.engine import Engine
@@ -28,8 +30,6 @@ LIVE_STATES = [s for s in SandboxState if s not in TERMINAL_STATES]
 
 async def reconcile(engine: Engine) -> list[str]:
     """Reap orphaned sandboxes; return their ids."""
-    from tartarus.node.engine import CGROUP_PARENT
-
     reaped: list[str] = []
     keep: set[str] = set()
     for sid, owner in engine.sandboxes.owners(LIVE_STATES).items():
@@ -40,7 +40,9 @@ async def reconcile(engine: Engine) -> list[str]:
         runtime = engine.runtimes.runtimes.get(sandbox.runtime)
         if runtime is not None:
             await runtime.delete(sid)
+        await _reap_init(engine.settings.sandboxes_dir / sid)
         Overlay(engine.settings.sandboxes_dir / sid).remove()
+        await cgroups.drain(CGROUP_PARENT, sid)
         cgroups.remove(CGROUP_PARENT, sid)
         engine.sandboxes.update(
             sandbox, state=SandboxState.FAILED, reason="engine exited before the sandbox ended"
@@ -57,13 +59,24 @@ async def reconcile(engine: Engine) -> list[str]:
         for cid in await runtime.list_ids():
             if cid.startswith("sb-") and orphan(cid):
                 await runtime.delete(cid)
+                await cgroups.drain(CGROUP_PARENT, cid)
                 cgroups.remove(CGROUP_PARENT, cid)
     sandboxes_dir = engine.settings.sandboxes_dir
     if sandboxes_dir.is_dir():
         for path in sandboxes_dir.iterdir():
             if orphan(path.name):
+                await _reap_init(path)
                 Overlay(path).remove()
                 shutil.rmtree(path, ignore_errors=True)
     if reaped:
         log.info("reaped orphaned sandboxes", ids=reaped)
     return reaped
+
+
+async def _reap_init(directory: Path) -> None:
+    """A dead engine's sandbox init may have been re-parented to us (we are a subreaper)."""
+    try:
+        pid = int((directory / "bundle" / "init.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    await reaper.reap(pid, timeout=1.0)

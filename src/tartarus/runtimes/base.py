@@ -63,7 +63,6 @@ class ContainerConfig:
     hostname: str = "sandbox"
     binds: list[BindMount] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list)  # become fds 3, 4, ... inside
-    cgroup_parent: str = "tartarus"
 
 
 class Runtime(abc.ABC):
@@ -77,8 +76,11 @@ class Runtime(abc.ABC):
     async def probe(self) -> ProbeResult: ...
 
     @abc.abstractmethod
-    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> None:
-        """Create and start the container detached; its stdout/stderr go to `log`."""
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
+        """Create and start the container detached, return its init's host pid.
+
+        The init's stdout/stderr go to `log`.
+        """
 
     @abc.abstractmethod
     async def status(self, container_id: str) -> ContainerStatus | None:

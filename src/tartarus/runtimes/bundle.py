@@ -19,6 +19,7 @@ from tartarus.runtimes.seccomp import default_profile
 HOST_UID_BASE = 100000
 ID_RANGE = 65536
 CPU_PERIOD_US = 100_000
+CGROUP_PARENT = "tartarus"  # every sandbox cgroup lives under this one
 
 MASKED_PATHS = [
     "/proc/acpi",
@@ -126,7 +127,7 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
                 "pids": {"limit": res.pids},
                 "devices": [{"allow": False, "access": "rwm"}],
             },
-            "cgroupsPath": f"/{config.cgroup_parent}/{config.id}",
+            "cgroupsPath": f"/{CGROUP_PARENT}/{config.id}",
             "seccomp": default_profile(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -63,6 +65,37 @@ def enter() -> None:
 
 def entered() -> bool:
     return _entered_thread == threading.get_ident()
+
+
+def remove_shadow_cgroup(relative: str) -> None:
+    """Remove what a runtime wrote under the hidden cgroup2 mount point.
+
+    With /sys/fs/cgroup/unified unmounted in our namespace, crun and runc still create
+    `unified/<cgroupsPath>/cgroup.procs` there, as plain files on the /sys/fs/cgroup tmpfs
+    (shared with the host, where the real cgroup2 mount hides them). Nobody else would
+    ever remove them.
+    """
+    shadow = Path(UNIFIED) / relative.strip("/")
+    if ".." in shadow.parts:
+        raise ValueError(f"bad cgroup path {relative!r}")
+    if not _mounted(UNIFIED):
+        shutil.rmtree(shadow, ignore_errors=True)
+    elif is_hybrid_cgroup_host():
+        # the real cgroup2 hides the shadow from this thread: look from a private namespace
+        subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'umount {UNIFIED} && rm -rf "$0"',
+                str(shadow),
+            ],
+            capture_output=True,
+            check=False,
+        )
 
 
 def mount(source: str, target: str, fstype: str, options: str = "", flags: int = 0) -> None:

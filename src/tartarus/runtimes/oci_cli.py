@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
 from tartarus.models import Resources
+from tartarus.runtimes import hostns
 from tartarus.runtimes.base import (
     BindMount,
     Capabilities,
@@ -23,7 +24,7 @@ from tartarus.runtimes.base import (
     ProbeResult,
     Runtime,
 )
-from tartarus.runtimes.bundle import write_bundle
+from tartarus.runtimes.bundle import CGROUP_PARENT, write_bundle
 
 
 class OCIRuntime(Runtime):
@@ -64,10 +65,12 @@ class OCIRuntime(Runtime):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> None:
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
         write_bundle(config, bundle)
+        pid_file = bundle / "init.pid"
         argv = [*self.create_prefix(), "run", "--detach", "--bundle", str(bundle)]
+        argv += ["--pid-file", str(pid_file)]
         if config.pass_fds:
             argv += ["--preserve-fds", str(len(config.pass_fds))]
         argv.append(config.id)
@@ -97,6 +100,7 @@ class OCIRuntime(Runtime):
             raise RuntimeUnavailableError(
                 f"{self.name} could not start the sandbox: {_last_line(err)}"
             )
+        return int(pid_file.read_text().strip())
 
     async def status(self, container_id: str) -> ContainerStatus | None:
         rc, out, _ = await self._run("state", container_id, check=False)
@@ -114,6 +118,7 @@ class OCIRuntime(Runtime):
         rc, _, err = await self._run("delete", "--force", container_id, check=False)
         if rc != 0 and await self.status(container_id) is not None:
             raise RuntimeUnavailableError(f"{self.name} delete failed: {_last_line(err)}")
+        hostns.remove_shadow_cgroup(f"{CGROUP_PARENT}/{container_id}")
 
     async def list_ids(self) -> list[str]:
         if not self.root.exists():
