@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
+import sys
 import time
 
-from tartarus.models import SandboxState
+from tartarus.models import SandboxSpec, SandboxState
 from tartarus.node.engine import Engine
 from tests.conftest import TARTARUS
 
@@ -65,3 +67,79 @@ async def test_live_owner_is_left_alone(runtime: str) -> None:
         _, err = cli.communicate(timeout=60)
         assert time.monotonic() - start < 30
         assert cli.returncode == 130, err
+
+
+ENGINE_THAT_DIES = """
+import asyncio, sys
+from tartarus.models import SandboxSpec
+from tartarus.node.engine import Engine
+
+async def main():
+    engine = Engine()
+    await engine.open()
+    sandbox = await engine.create(SandboxSpec(runtime=sys.argv[1], timeout=float(sys.argv[2])))
+    await engine.exec(sandbox.id, ["sh", "-c", "echo kept > /tmp/state"])
+    print(sandbox.id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _engine_process_with_idle_sandbox(
+    runtime: str, timeout: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENGINE_THAT_DIES, runtime, str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().decode().strip()
+    assert sid.startswith("sb-"), proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return proc, sid
+
+
+async def test_idle_sandbox_is_readopted_with_its_state(runtime: str) -> None:
+    _, sid = _engine_process_with_idle_sandbox(runtime, timeout=120)
+    engine = Engine(adopt=True)
+    await engine.open()
+    try:
+        assert sid in engine.running_ids()
+        result = await engine.exec(sid, ["cat", "/tmp/state"])
+        assert result.stdout == b"kept\n"
+        final = await engine.kill(sid)
+        assert final.state == SandboxState.KILLED
+        assert await engine.runtimes.get(runtime).status(sid) is None
+    finally:
+        await engine.close()
+
+
+async def test_readopted_sandbox_keeps_its_deadline(runtime: str) -> None:
+    _, sid = _engine_process_with_idle_sandbox(runtime, timeout=4)
+    engine = Engine(adopt=True)
+    await engine.open()
+    try:
+        final = await asyncio.wait_for(engine.wait(sid), timeout=30)
+        assert final.state == SandboxState.TIMED_OUT
+    finally:
+        await engine.close()
+
+
+async def test_engine_closing_without_kill_leaves_sandbox_for_the_next(runtime: str) -> None:
+    first = Engine(adopt=True)
+    await first.open()
+    sandbox = await first.create(SandboxSpec(runtime=runtime, timeout=120))
+    await first.close(kill=False)
+    assert await first.runtimes.get(runtime).status(sandbox.id) is not None
+    # same process, so its owner looks alive: hand it over as a restarted server would
+    first.sandboxes.set_owner(sandbox.id, "0:gone")
+    second = Engine(adopt=True)
+    await second.open()
+    try:
+        assert (await second.exec(sandbox.id, ["true"])).exit_code == 0
+    finally:
+        await second.close()
+    assert second.sandboxes.get(sandbox.id).state == SandboxState.KILLED

@@ -34,7 +34,14 @@ from tartarus.errors import (
 )
 from tartarus.images.cache import ImageCache
 from tartarus.images.catalog import TemplateCatalog
-from tartarus.models import ExecResult, Resources, Sandbox, SandboxSpec, SandboxState
+from tartarus.models import (
+    ExecResult,
+    Resources,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+    TemplateSpec,
+)
 from tartarus.node import cgroups, guestfiles, owners, reaper
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.overlay import Overlay
@@ -74,6 +81,7 @@ class _Live:
     workdir: str
     init_pid: int | None = None
     kill_reason: str | None = None
+    detached: bool = False  # the engine is leaving it running for another engine
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -93,8 +101,9 @@ class MainIO:
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, adopt: bool = False) -> None:
         self.settings = settings or Settings()
+        self.adopt = adopt  # re-adopt orphaned idle sandboxes at open() (servers do)
         self.db = Database(self.settings.db_path)
         self.sandboxes = SandboxRepository(self.db)
         self.images = ImageCache(self.settings.image_dir)
@@ -120,12 +129,20 @@ class Engine:
 
             await _reconcile(self)
 
-    async def close(self) -> None:
-        """Kill what this engine still supervises (an embedded engine ends with its CLI)."""
-        await asyncio.gather(
-            *(self.kill(sid, reason="engine shut down") for sid in list(self._live)),
-            return_exceptions=True,
-        )
+    async def close(self, *, kill: bool = True) -> None:
+        """Kill what this engine still supervises (an embedded engine ends with its CLI), or
+        with `kill=False` leave it running for the next engine to re-adopt."""
+        if kill:
+            await asyncio.gather(
+                *(self.kill(sid, reason="engine shut down") for sid in list(self._live)),
+                return_exceptions=True,
+            )
+        for live in list(self._live.values()):
+            live.detached = True
+            if live.task is not None:
+                live.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.task
         self.db.close()
 
     async def __aenter__(self) -> Engine:
@@ -155,6 +172,7 @@ class Engine:
         timings["image"] = _ms(t0)
         runtime = await self.runtimes.select(spec.runtime or self.settings.default_runtime)
         resources = spec.resources or template.spec.resources
+        env, workdir = _environment(spec, template.spec)
         sandbox = Sandbox(
             id=f"sb-{secrets.token_hex(6)}",
             spec=spec,
@@ -165,8 +183,6 @@ class Engine:
         )
         self.sandboxes.insert(sandbox, owner=self.owner)
         directory = self.settings.sandboxes_dir / sandbox.id
-        env = {**BASE_ENV, **template.spec.env, **spec.env}
-        workdir = spec.workdir or template.spec.workdir
         live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         self._live[sandbox.id] = live
         try:
@@ -273,7 +289,8 @@ class Engine:
         finally:
             for w in waiters:
                 w.cancel()
-            await self._finish(live, state, exit_code=exit_code, reason=reason)
+            if not live.detached:
+                await self._finish(live, state, exit_code=exit_code, reason=reason)
 
     async def _outcome(
         self,
@@ -344,6 +361,31 @@ class Engine:
         self.sandboxes.set_owner(sid, None)
         self._live.pop(sid, None)
         live.done.set()
+
+    async def readopt(self, sandbox: Sandbox) -> bool:
+        """Supervise again a running, idle sandbox whose engine died; False if it cannot be."""
+        runtime = self.runtimes.runtimes.get(sandbox.runtime)
+        if sandbox.state != SandboxState.RUNNING or sandbox.spec.command or runtime is None:
+            return False
+        if await runtime.status(sandbox.id) != ContainerStatus.RUNNING:
+            return False
+        try:
+            template = self.catalog.resolve(sandbox.spec.template)
+        except TartarusError:
+            return False
+        env, workdir = _environment(sandbox.spec, template.spec)
+        directory = self.settings.sandboxes_dir / sandbox.id
+        live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
+        with contextlib.suppress(OSError, ValueError):
+            live.init_pid = int((directory / "bundle" / "init.pid").read_text())
+        try:
+            await asyncio.wait_for(live.client.ping(), timeout=2.0)
+        except (AgentError, TimeoutError):
+            return False
+        self._live[sandbox.id] = live
+        live.task = asyncio.create_task(self._supervise(live, MainIO()))
+        log.info("re-adopted sandbox", sandbox=sandbox.id)
+        return True
 
     # -- operations on running sandboxes ------------------------------------------------------
 
@@ -419,3 +461,8 @@ class Engine:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, str], str]:
+    """The environment and working directory commands get: base, template, then request."""
+    return {**BASE_ENV, **template.env, **spec.env}, spec.workdir or template.workdir

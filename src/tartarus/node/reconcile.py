@@ -1,10 +1,13 @@
 """What an engine does at start-up with what earlier engines left behind.
 
-A sandbox whose owning engine process is gone is reaped: its container is killed and
-deleted, its layer and cgroups removed, and its record ends as failed with the reason.
-(The embedded CLI engine cannot keep supervising a sandbox after the `run` that wanted its
-output is gone; the server re-adopts live ones once it exists.) Containers in our runtime
-roots and sandbox directories that no record accounts for are removed too.
+A sandbox whose owning engine process is gone is claimed (atomically, so two engines never
+act on the same one) and then either re-adopted or reaped. An engine opened with
+`adopt=True` (a long-running server) re-adopts a running sandbox without a main command
+whose guest agent still answers: it supervises it again with the time it has left. Anything
+else is reaped: the container killed and deleted, the layer and cgroups removed, the record
+ended as failed with the reason. (A main command's output stream cannot be re-attached, and
+the embedded CLI engine ends with the `run` that wanted it.) Containers in our runtime roots
+and sandbox directories that no record accounts for are removed too.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ LIVE_STATES = [s for s in SandboxState if s not in TERMINAL_STATES]
 
 
 async def reconcile(engine: Engine) -> list[str]:
-    """Reap orphaned sandboxes; return their ids."""
+    """Adopt or reap orphaned sandboxes; return the ids of the reaped ones."""
     reaped: list[str] = []
     keep: set[str] = set()
     for sid, owner in engine.sandboxes.owners(LIVE_STATES).items():
-        if owners.alive(owner):
+        if owners.alive(owner) or not engine.sandboxes.claim(sid, owner, engine.owner):
             keep.add(sid)
             continue
         sandbox = engine.sandboxes.get(sid)
+        if engine.adopt and await engine.readopt(sandbox):
+            keep.add(sid)
+            continue
         runtime = engine.runtimes.runtimes.get(sandbox.runtime)
         if runtime is not None:
             await runtime.delete(sid)

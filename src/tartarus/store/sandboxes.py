@@ -103,6 +103,21 @@ class SandboxRepository:
             ).scalar()
         return owner
 
+    def claim(self, sandbox_id: str, expected: str | None, owner: str) -> bool:
+        """Take ownership only if nobody else took it since we read `expected` (atomic)."""
+        with self.db.begin() as conn:
+            result = conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == sandbox_id)
+                .where(
+                    sandboxes.c.owner.is_(None)
+                    if expected is None
+                    else sandboxes.c.owner == expected
+                )
+                .values(owner=owner)
+            )
+        return bool(result.rowcount)
+
     def set_owner(self, sandbox_id: str, owner: str | None) -> None:
         with self.db.begin() as conn:
             conn.execute(sandboxes.update().where(sandboxes.c.id == sandbox_id).values(owner=owner))
