@@ -109,7 +109,7 @@ async def _run(
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        loop.add_signal_handler(signal.SIGTERM, _on_sigterm, main)
     try:
         base = engine.catalog.resolve(template).spec.resources
         limits = resources(base, cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
@@ -137,6 +137,14 @@ async def _run(
         return EXIT_INTERRUPTED
     finally:
         await engine.close()
+
+
+def _on_sigterm(main: asyncio.Task[int]) -> None:
+    """First SIGTERM: clean up and exit 130. A second one: exit now; the next engine reaps."""
+    if main.cancelling():
+        click.echo("tartarus: terminated before cleanup finished", err=True)
+        os._exit(EXIT_INTERRUPTED)
+    main.cancel()
 
 
 def exit_code(sandbox: Sandbox) -> int:

@@ -332,35 +332,43 @@ class Engine:
         exit_code: int | None = None,
         reason: str | None = None,
     ) -> None:
-        """Release everything, then record the final state. Safe to call on partial starts."""
+        """Release everything, then record the final state. Safe to call on partial starts,
+        and it always marks the sandbox done, whatever fails on the way."""
         sid = live.sandbox.id
         errors: list[str] = []
         try:
-            await live.runtime.delete(sid)
-        except Exception as exc:
-            errors.append(f"delete: {exc}")
-        if live.init_pid is not None and not await reaper.reap(live.init_pid):
-            errors.append(f"init process {live.init_pid} did not exit")
-        try:
-            Overlay(live.directory).remove()
-        except OSError as exc:
-            errors.append(f"overlay: {exc}")
-        if survivors := await cgroups.drain(CGROUP_PARENT, sid):
-            errors.append(f"processes survived the kill: {sorted(survivors)}")
-        cgroups.remove(CGROUP_PARENT, sid)
-        if errors:
-            log.error("cleanup incomplete", sandbox=sid, errors=errors)
-        with contextlib.suppress(TartarusError, ValueError):
-            live.sandbox = self.sandboxes.update(
-                live.sandbox,
-                state=state,
-                exit_code=exit_code,
-                reason=reason,
-                finished_at=datetime.now(UTC),
-            )
-        self.sandboxes.set_owner(sid, None)
-        self._live.pop(sid, None)
-        live.done.set()
+            try:
+                await live.runtime.delete(sid)
+            except Exception as exc:
+                errors.append(f"delete: {exc}")
+            if live.init_pid is not None and not await reaper.reap(live.init_pid):
+                errors.append(f"init process {live.init_pid} did not exit")
+            try:
+                Overlay(live.directory).remove()
+            except OSError as exc:
+                errors.append(f"overlay: {exc}")
+            if survivors := await cgroups.drain(CGROUP_PARENT, sid):
+                errors.append(f"processes survived the kill: {sorted(survivors)}")
+            cgroups.remove(CGROUP_PARENT, sid)
+            try:
+                live.sandbox = self.sandboxes.update(
+                    live.sandbox,
+                    state=state,
+                    exit_code=exit_code,
+                    reason=reason,
+                    finished_at=datetime.now(UTC),
+                )
+                self.sandboxes.set_owner(sid, None)
+            except Exception as exc:  # the store may be gone; the sandbox is released anyway
+                errors.append(f"record: {exc}")
+                live.sandbox = live.sandbox.model_copy(
+                    update={"state": state, "exit_code": exit_code, "reason": reason}
+                )
+        finally:
+            if errors:
+                log.error("cleanup incomplete", sandbox=sid, errors=errors)
+            self._live.pop(sid, None)
+            live.done.set()
 
     async def readopt(self, sandbox: Sandbox) -> bool:
         """Supervise again a running, idle sandbox whose engine died; False if it cannot be."""
@@ -398,9 +406,10 @@ class Engine:
 
     async def wait(self, sandbox_id: str) -> Sandbox:
         live = self._live.get(sandbox_id)
-        if live is not None:
-            await live.done.wait()
-        return self.sandboxes.get(sandbox_id)
+        if live is None:
+            return self.sandboxes.get(sandbox_id)
+        await live.done.wait()
+        return live.sandbox  # the final record, even if the store failed meanwhile
 
     async def run(
         self,
@@ -453,7 +462,7 @@ class Engine:
             live.kill_reason = reason
         live.killed.set()
         await live.done.wait()
-        return self.sandboxes.get(sandbox_id)
+        return live.sandbox
 
     def running_ids(self) -> list[str]:
         return list(self._live)
