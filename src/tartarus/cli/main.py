@@ -1,4 +1,5 @@
-"""The `tartarus` command. Each command group lives in its own module (Modal style).
+"""The `tartarus` command. Each command group lives in its own module (Modal style) and is
+imported only when used, so `tartarus run` does not pay for the others' imports.
 
 Errors end as one readable line on stderr: usage and bad input exit 2, anything else 1;
 a sandbox's own exit code is passed through by `run`.
@@ -6,29 +7,46 @@ a sandbox's own exit code is passed through by `run`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from tartarus import __version__
-from tartarus.cli.doctor import doctor
-from tartarus.cli.run import run
-from tartarus.cli.template import template
 from tartarus.errors import InvalidRequestError, NotFoundError, TartarusError
 
+COMMANDS = {  # name -> (module, attribute, one-line help for the listing)
+    "run": ("tartarus.cli.run", "run", "Run COMMAND in a new sandbox and exit with its exit code."),
+    "doctor": ("tartarus.cli.doctor", "doctor", "Probe each runtime and check the host tools."),
+    "template": ("tartarus.cli.template", "template", "List, build, import and remove templates."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        command = getattr(importlib.import_module(entry[0]), entry[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tartarus")
 def cli() -> None:
     """Tartarus runs untrusted code in isolated sandboxes.
 
-    Without TARTARUS_URL, commands use the embedded engine on this machine (run as root).
+    Commands use the embedded engine on this machine (run as root).
     """
-
-
-cli.add_command(run)
-cli.add_command(doctor)
-cli.add_command(template)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class BuildProgress:
@@ -14,10 +15,20 @@ class BuildProgress:
     def __init__(self, title: str = "building template") -> None:
         self.title = title
         self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._task: Any = None
 
     def update(self, step: str, fraction: float | None) -> None:
         if self._progress is None:
+            # imported here: rich costs tens of ms, and most runs never build anything
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),

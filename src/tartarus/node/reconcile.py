@@ -61,7 +61,9 @@ async def reconcile(engine: Engine) -> list[str]:
         # container or a directory, so its live owner shows here
         return sid not in keep and not owners.alive(engine.sandboxes.owner(sid))
 
-    for runtime in engine.runtimes.runtimes.values():
+    # Containers without any record exist only if the store was lost: a sweep costs a runtime
+    # call per runtime, so only long-running engines (servers) do it, not every CLI command.
+    for runtime in engine.runtimes.runtimes.values() if engine.adopt else ():
         for cid in await runtime.list_ids():
             if cid.startswith("sb-") and orphan(cid):
                 await runtime.delete(cid)
