@@ -107,6 +107,7 @@ class Sandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
+    tenant: str | None = None  # None: the embedded engine's own, no tenant
     spec: SandboxSpec
     state: SandboxState = SandboxState.PENDING
     runtime: str

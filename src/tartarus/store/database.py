@@ -34,6 +34,21 @@ class Database:
         sa.event.listen(self.engine, "connect", _on_connect)
         sa.event.listen(self.engine, "begin", _on_begin)
         schema.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Additive migrations: a column added to the schema is added to an older database
+        (nullable columns only; anything else needs a real migration)."""
+        inspector = sa.inspect(self.engine)
+        with self.begin() as conn:
+            for table in schema.metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        ddl = column.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(
+                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}'
+                        )
 
     def begin(self) -> Any:
         return self.engine.begin()

@@ -30,6 +30,7 @@ class SandboxRepository:
                 sandboxes.insert().values(
                     id=sandbox.id,
                     state=sandbox.state.value,
+                    tenant=sandbox.tenant,
                     template=sandbox.spec.template,
                     runtime=sandbox.runtime,
                     owner=owner,
@@ -38,7 +39,7 @@ class SandboxRepository:
                     updated_at=_now(),
                 )
             )
-            _event(conn, sandbox.id, "state", {"state": sandbox.state.value})
+            _event(conn, sandbox.id, "state", {"from": None, "to": sandbox.state.value})
 
     def get(self, sandbox_id: str) -> Sandbox:
         with self.db.begin() as conn:
@@ -49,13 +50,36 @@ class SandboxRepository:
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         return Sandbox.model_validate(row.record)
 
-    def list(self, states: Iterable[SandboxState] | None = None) -> list[Sandbox]:
-        query = sa.select(sandboxes.c.record).order_by(sandboxes.c.created_at)
+    def list(
+        self,
+        states: Iterable[SandboxState] | None = None,
+        *,
+        tenant: str | None = None,
+        metadata: dict[str, str] | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+    ) -> list[Sandbox]:
+        """Oldest first; with `limit`, the newest `limit` ones created before the id `before`."""
+        query = sa.select(sandboxes.c.record)
         if states is not None:
             query = query.where(sandboxes.c.state.in_([s.value for s in states]))
+        if tenant is not None:
+            query = query.where(sandboxes.c.tenant == tenant)
+        if before is not None:
+            pivot = sa.select(sandboxes.c.created_at).where(sandboxes.c.id == before)
+            query = query.where(sandboxes.c.created_at < pivot.scalar_subquery())
+        if limit is not None:
+            query = query.order_by(sandboxes.c.created_at.desc())
+        else:
+            query = query.order_by(sandboxes.c.created_at)
         with self.db.begin() as conn:
             rows = conn.execute(query).all()
-        return [Sandbox.model_validate(r.record) for r in rows]
+        found = [Sandbox.model_validate(r.record) for r in rows]
+        if metadata:
+            found = [
+                s for s in found if all(s.spec.metadata.get(k) == v for k, v in metadata.items())
+            ]
+        return found[:limit] if limit is not None else found
 
     def update(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
         """Apply `changes` (a `state` change is checked against the stored state) and persist."""
@@ -81,9 +105,11 @@ class SandboxRepository:
                 )
             )
             if target is not None and target != stored.state:
-                data = {"state": merged.state.value}
-                if merged.reason:
-                    data["reason"] = merged.reason
+                data = {
+                    "from": stored.state.value,
+                    "to": merged.state.value,
+                    "reason": merged.reason,
+                }
                 _event(conn, sandbox.id, "state", data)
         return merged
 
@@ -133,7 +159,7 @@ class SandboxRepository:
                 .where(events.c.sandbox_id == sandbox_id)
                 .order_by(events.c.seq)
             ).all()
-        return [{"kind": r.kind, "data": r.data, "ts": r.ts} for r in rows]
+        return [{"ts": r.ts, **r.data} for r in rows if r.kind == "state"]
 
 
 def _event(conn: sa.Connection, sandbox_id: str | None, kind: str, data: dict[str, Any]) -> None:

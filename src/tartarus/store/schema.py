@@ -12,6 +12,7 @@ sandboxes = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("tenant", sa.String(64), nullable=True, index=True),
     sa.Column("template", sa.String(64), nullable=False),
     sa.Column("runtime", sa.String(32), nullable=False),
     sa.Column("record", sa.JSON, nullable=False),  # models.Sandbox as JSON
