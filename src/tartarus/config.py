@@ -37,3 +37,7 @@ class Settings:
     @property
     def sandboxes_dir(self) -> Path:
         return self.state_dir / "sandboxes"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"

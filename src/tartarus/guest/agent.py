@@ -375,6 +375,7 @@ class Agent:
         self.stop_reason: str | None = None
         self.ops: dict[str, Callable[[socket.socket, dict[str, Any]], None]] = {
             "ping": self.op_ping,
+            "deadline": self.op_deadline,
             "exec": self.op_exec,
             "read": self.op_read,
             "write": self.op_write,
@@ -615,6 +616,14 @@ class Agent:
     def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
         header = {"type": "pong", "version": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
         protocol.send_frame(conn, header)
+
+    def op_deadline(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        """Move the backstop deadline (the host extended or shortened the sandbox's timeout)."""
+        value = req.get("deadline")
+        if value is not None and not isinstance(value, (int, float)):
+            raise RequestError("invalid", "deadline must be epoch seconds or null")
+        self.deadline = float(value) if value is not None else None
+        protocol.send_frame(conn, {"type": "ok"})
 
     def op_exec(self, conn: socket.socket, req: dict[str, Any]) -> None:
         argv = req.get("argv")

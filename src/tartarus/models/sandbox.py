@@ -117,6 +117,7 @@ class Sandbox(BaseModel):
     reason: str | None = None  # why it ended, e.g. "timeout", "memory", "killed by user"
     created_at: datetime
     started_at: datetime | None = None
+    expires_at: datetime | None = None  # the wall-clock deadline; `set_timeout` moves it
     finished_at: datetime | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
 

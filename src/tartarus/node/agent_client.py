@@ -167,6 +167,15 @@ class AgentClient:
         finally:
             await conn.close()
 
+    async def set_deadline(self, deadline: float | None) -> None:
+        """Move the guest's own backstop deadline (epoch seconds; None: no deadline)."""
+        conn = await self._request({"op": "deadline", "deadline": deadline})
+        try:
+            header, _ = await conn.recv()
+            self._expect(header, "ok")
+        finally:
+            await conn.close()
+
     async def exec(
         self,
         argv: list[str],

@@ -12,13 +12,14 @@ final state is written, so a record that says "ended" never hides a live resourc
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ from tartarus.models import (
     SandboxState,
     TemplateSpec,
 )
-from tartarus.node import cgroups, guestfiles, owners, reaper
+from tartarus.node import cgroups, guestfiles, logs, owners, reaper
 from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
 from tartarus.runtimes import hostns
 from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus, Runtime
@@ -59,6 +61,7 @@ HOME = "/home/user"
 GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
 AGENT_GRACE_S = 5.0  # the in-guest deadline fires after ours: it is only a backstop
 WATCH_INTERVAL_S = 1.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": HOME,
@@ -80,9 +83,11 @@ class _Live:
     env: dict[str, str]
     workdir: str
     init_pid: int | None = None
+    output: OutputLog | None = None
     kill_reason: str | None = None
     detached: bool = False  # the engine is leaving it running for another engine
     killed: asyncio.Event = field(default_factory=asyncio.Event)
+    deadline_moved: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -120,6 +125,7 @@ class Engine:
         for d in (self.settings.state_dir, self.settings.sandboxes_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)  # container roots (unprivileged host uids) must traverse to binds
+        self.settings.logs_dir.mkdir(mode=0o700, exist_ok=True)
         if hostns.is_hybrid_cgroup_host():
             hostns.enter()
         reaper.become_subreaper()
@@ -158,6 +164,7 @@ class Engine:
         self,
         spec: SandboxSpec,
         *,
+        tenant: str | None = None,
         io: MainIO | None = None,
         progress: ProgressCallback | None = None,
     ) -> Sandbox:
@@ -175,6 +182,7 @@ class Engine:
         env, workdir = _environment(spec, template.spec)
         sandbox = Sandbox(
             id=f"sb-{secrets.token_hex(6)}",
+            tenant=tenant,
             spec=spec,
             runtime=runtime.name,
             image=image.hash,
@@ -192,10 +200,12 @@ class Engine:
                 live, self.images.rootfs(image.hash), image.python, resources, timings, t0
             )
             timings["create"] = _ms(t0)
+            now = datetime.now(UTC)
             live.sandbox = self.sandboxes.update(
                 live.sandbox,
                 state=SandboxState.RUNNING,
-                started_at=datetime.now(UTC),
+                started_at=now,
+                expires_at=now + timedelta(seconds=spec.timeout),
                 timings_ms=timings,
             )
         except BaseException as exc:
@@ -263,25 +273,36 @@ class Engine:
         killed = asyncio.ensure_future(live.killed.wait())
         waiters.add(killed)
         if spec.command:
+            live.output = OutputLog(self.settings.logs_dir / f"{live.sandbox.id}.jsonl")
             main = asyncio.create_task(
                 live.client.exec(
                     list(spec.command),
                     env=live.env,
                     cwd=live.workdir,
                     stdin=io.stdin,
-                    on_stdout=io.on_stdout,
-                    on_stderr=io.on_stderr,
+                    on_stdout=_tee(live.output, "stdout", io.on_stdout),
+                    on_stderr=_tee(live.output, "stderr", io.on_stderr),
                 )
             )
             waiters.add(main)
         watch = asyncio.create_task(self._watch_container(live))
         waiters.add(watch)
-        started = live.sandbox.started_at or live.sandbox.created_at
-        remaining = spec.timeout - (datetime.now(UTC) - started).total_seconds()
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
-            )
+            while True:
+                moved = asyncio.ensure_future(live.deadline_moved.wait())
+                expires = live.sandbox.expires_at or datetime.now(UTC)
+                remaining = (expires - datetime.now(UTC)).total_seconds()
+                done, _ = await asyncio.wait(
+                    waiters | {moved},
+                    timeout=max(remaining, 0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                moved.cancel()
+                if done == {moved}:
+                    live.deadline_moved.clear()
+                    continue
+                done.discard(moved)
+                break
             state, exit_code, reason = await self._outcome(live, done, main, killed)
         except BaseException as exc:
             state, exit_code, reason = SandboxState.FAILED, None, f"supervisor error: {exc!r}"
@@ -303,7 +324,7 @@ class Engine:
         if killed in done:
             return SandboxState.KILLED, None, live.kill_reason
         if not done:
-            return SandboxState.TIMED_OUT, None, f"timeout after {live.sandbox.spec.timeout:g}s"
+            return SandboxState.TIMED_OUT, None, "wall-clock timeout reached"
         if cgroups.oom_kills(CGROUP_PARENT, sid) > 0:
             return SandboxState.OOM_KILLED, 137, "memory"
         if main is not None and main in done:
@@ -382,6 +403,11 @@ class Engine:
         except TartarusError:
             return False
         env, workdir = _environment(sandbox.spec, template.spec)
+        if sandbox.expires_at is None:
+            started = sandbox.started_at or sandbox.created_at
+            sandbox = sandbox.model_copy(
+                update={"expires_at": started + timedelta(seconds=sandbox.spec.timeout)}
+            )
         directory = self.settings.sandboxes_dir / sandbox.id
         live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         with contextlib.suppress(OSError, ValueError):
@@ -395,14 +421,44 @@ class Engine:
         log.info("re-adopted sandbox", sandbox=sandbox.id)
         return True
 
+    # -- queries --------------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
+        """The record; another tenant's sandbox is as unknown as a missing one."""
+        live = self._live.get(sandbox_id)
+        sandbox = live.sandbox if live is not None else self.sandboxes.get(sandbox_id)
+        if tenant is not None and sandbox.tenant != tenant:
+            raise NotFoundError(f"no sandbox {sandbox_id!r}")
+        return sandbox
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        states: builtins.list[SandboxState] | None = None,
+        metadata: dict[str, str] | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+    ) -> builtins.list[Sandbox]:
+        return self.sandboxes.list(
+            states, tenant=tenant, metadata=metadata, limit=limit, before=before
+        )
+
+    def events(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
+        return self.sandboxes.events(sandbox_id)
+
     # -- operations on running sandboxes ------------------------------------------------------
 
-    def _get_live(self, sandbox_id: str) -> _Live:
+    def _get_live(self, sandbox_id: str, tenant: str | None = None) -> _Live:
+        sandbox = self.get(sandbox_id, tenant=tenant)  # NotFoundError first
         live = self._live.get(sandbox_id)
         if live is None:
-            sandbox = self.sandboxes.get(sandbox_id)  # NotFoundError if unknown
-            raise ConflictError(f"sandbox {sandbox_id} is {sandbox.state.value}, not running here")
+            raise ConflictError(f"sandbox {sandbox_id} is {sandbox.state.value}, not running")
         return live
+
+    def agent(self, sandbox_id: str, *, tenant: str | None = None) -> AgentClient:
+        """The guest agent of a running sandbox, for files and code."""
+        return self._get_live(sandbox_id, tenant).client
 
     async def wait(self, sandbox_id: str) -> Sandbox:
         live = self._live.get(sandbox_id)
@@ -420,7 +476,7 @@ class Engine:
     ) -> Sandbox:
         """Create a sandbox for `spec.command`, stream its output, and wait until it has ended."""
         if not spec.command:
-            raise ConflictError("run needs a command")
+            raise InvalidRequestError("run needs a command")
         sandbox = await self.create(spec, io=io, progress=progress)
         try:
             return await self.wait(sandbox.id)
@@ -431,40 +487,81 @@ class Engine:
     async def exec(
         self,
         sandbox_id: str,
-        argv: list[str],
+        argv: builtins.list[str],
         *,
+        tenant: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        stdin: bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         if not argv:
-            raise ConflictError("exec needs a command")
-        live = self._get_live(sandbox_id)
+            raise InvalidRequestError("exec needs a command")
+        live = self._get_live(sandbox_id, tenant)
         return await live.client.exec(
             argv,
             env={**live.env, **(env or {})},
             cwd=cwd or live.workdir,
             timeout=timeout,
+            stdin=stdin,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
         )
 
-    async def kill(self, sandbox_id: str, *, reason: str = "killed by user") -> Sandbox:
+    async def set_timeout(
+        self, sandbox_id: str, seconds: float, *, tenant: str | None = None
+    ) -> Sandbox:
+        """Move the wall-clock deadline to `seconds` from now (longer or shorter)."""
+        if not 0 < seconds <= MAX_TIMEOUT_S:
+            raise InvalidRequestError(f"timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
+        live = self._get_live(sandbox_id, tenant)
+        expires = datetime.now(UTC) + timedelta(seconds=seconds)
+        await live.client.set_deadline(expires.timestamp() + AGENT_GRACE_S)
+        live.sandbox = self.sandboxes.update(live.sandbox, expires_at=expires)
+        live.deadline_moved.set()
+        return live.sandbox
+
+    async def kill(
+        self, sandbox_id: str, *, tenant: str | None = None, reason: str = "killed by user"
+    ) -> Sandbox:
+        sandbox = self.get(sandbox_id, tenant=tenant)
         live = self._live.get(sandbox_id)
         if live is None:
-            sandbox = self.sandboxes.get(sandbox_id)
             if sandbox.terminal:
                 return sandbox
-            raise NotFoundError(f"sandbox {sandbox_id} is not supervised by this engine")
+            raise ConflictError(f"sandbox {sandbox_id} is supervised by another engine")
         if live.kill_reason is None:
             live.kill_reason = reason
         live.killed.set()
         await live.done.wait()
         return live.sandbox
 
-    def running_ids(self) -> list[str]:
+    def logs(
+        self,
+        sandbox_id: str,
+        *,
+        tenant: str | None = None,
+        follow: bool = False,
+        after: int = 0,
+    ) -> AsyncIterator[LogEntry]:
+        """The main command's output; with `follow`, until the sandbox has ended."""
+        self.get(sandbox_id, tenant=tenant)  # NotFoundError before any streaming starts
+        live = self._live.get(sandbox_id)
+
+        def ended() -> bool:
+            return live is None or live.done.is_set()
+
+        return logs.read(
+            self.settings.logs_dir / f"{sandbox_id}.jsonl",
+            after=after,
+            follow=follow,
+            ended=ended,
+            live=live.output if live is not None else None,
+        )
+
+    def running_ids(self) -> builtins.list[str]:
         return list(self._live)
 
 
@@ -475,3 +572,16 @@ def _ms(t0: float) -> float:
 def _environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, str], str]:
     """The environment and working directory commands get: base, template, then request."""
     return {**BASE_ENV, **template.env, **spec.env}, spec.workdir or template.workdir
+
+
+def _tee(log: OutputLog, stream: str, callback: OutputCallback | None) -> OutputCallback:
+    """Record main-command output in the sandbox's log and pass it on to the caller."""
+
+    async def write(data: bytes) -> None:
+        log.append(stream, data)
+        if callback is not None:
+            result = callback(data)
+            if result is not None:
+                await result
+
+    return write

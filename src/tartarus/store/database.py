@@ -39,8 +39,8 @@ class Database:
     def _add_missing_columns(self) -> None:
         """Additive migrations: a column added to the schema is added to an older database
         (nullable columns only; anything else needs a real migration)."""
-        inspector = sa.inspect(self.engine)
         with self.begin() as conn:
+            inspector = sa.inspect(conn)  # the same connection: a second one would deadlock
             for table in schema.metadata.sorted_tables:
                 present = {c["name"] for c in inspector.get_columns(table.name)}
                 for column in table.columns:

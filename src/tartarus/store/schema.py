@@ -40,3 +40,22 @@ events = sa.Table(
     sa.Column("kind", sa.String(48), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
 )
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), sa.ForeignKey("tenants.name"), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),  # admin | member
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),  # hex HMAC-SHA256(pepper, key)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
