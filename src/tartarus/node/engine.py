@@ -17,7 +17,7 @@ import contextlib
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ import structlog
 from tartarus.config import Settings
 from tartarus.errors import (
     AgentError,
+    CapabilityError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
@@ -83,6 +84,7 @@ class _Live:
     env: dict[str, str]
     workdir: str
     init_pid: int | None = None
+    has_agent: bool = True  # False: no python3 in the image, commands go through the runtime
     output: OutputLog | None = None
     kill_reason: str | None = None
     detached: bool = False  # the engine is leaving it running for another engine
@@ -93,7 +95,50 @@ class _Live:
 
     @property
     def client(self) -> AgentClient:
+        if not self.has_agent:
+            raise CapabilityError(
+                self.runtime.name, "files and code", "the image has no python3 for the guest agent"
+            )
         return AgentClient(str(self.socket_path))
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        timeout: float | None = None,
+        stdin: AsyncIterator[bytes] | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
+        """Through the guest agent, or the runtime's own exec where the image has no python3."""
+        if self.has_agent:
+            return await self.client.exec(
+                argv,
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
+        if stdin is not None and not isinstance(stdin, bytes):
+            stdin = b"".join([chunk async for chunk in stdin])
+        out, err = bytearray(), bytearray()
+        result = await self.runtime.exec(
+            self.sandbox.id,
+            argv,
+            env=env,
+            cwd=cwd,
+            uid=USER_UID,
+            gid=USER_GID,
+            stdin=stdin,
+            on_stdout=_sink(on_stdout, out),
+            on_stderr=_sink(on_stderr, err),
+            timeout=timeout,
+        )
+        return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
 
 
 @dataclass
@@ -172,10 +217,6 @@ class Engine:
         timings: dict[str, float] = {}
         template = self.catalog.resolve(spec.template)
         image = self.catalog.ensure_built(spec.template, progress=progress)
-        if image.python is None:
-            raise InvalidRequestError(
-                f"template {spec.template!r} has no python3, which the guest agent needs"
-            )
         timings["image"] = _ms(t0)
         runtime = await self.runtimes.select(spec.runtime or self.settings.default_runtime)
         resources = spec.resources or template.spec.resources
@@ -192,6 +233,7 @@ class Engine:
         self.sandboxes.insert(sandbox, owner=self.owner)
         directory = self.settings.sandboxes_dir / sandbox.id
         live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
+        live.has_agent = image.python is not None
         self._live[sandbox.id] = live
         try:
             sandbox = self.sandboxes.update(sandbox, state=SandboxState.STARTING)
@@ -219,7 +261,7 @@ class Engine:
         self,
         live: _Live,
         lower: Path,
-        python: str,
+        python: str | None,
         resources: Resources,
         timings: dict[str, float],
         t0: float,
@@ -241,16 +283,7 @@ class Engine:
             config = ContainerConfig(
                 id=live.sandbox.id,
                 rootfs=overlay.rootfs,
-                args=[
-                    python,
-                    "-I",
-                    "-S",
-                    f"{GUEST_MOUNT}/agent.py",
-                    "--fd",
-                    "3",
-                    "--deadline",
-                    f"{deadline:.3f}",
-                ],
+                args=_init_args(python, deadline),
                 env=live.env,
                 cwd=HOME,
                 resources=resources,
@@ -275,7 +308,7 @@ class Engine:
         if spec.command:
             live.output = OutputLog(self.settings.logs_dir / f"{live.sandbox.id}.jsonl")
             main = asyncio.create_task(
-                live.client.exec(
+                live.exec(
                     list(spec.command),
                     env=live.env,
                     cwd=live.workdir,
@@ -500,7 +533,7 @@ class Engine:
         if not argv:
             raise InvalidRequestError("exec needs a command")
         live = self._get_live(sandbox_id, tenant)
-        return await live.client.exec(
+        return await live.exec(
             argv,
             env={**live.env, **(env or {})},
             cwd=cwd or live.workdir,
@@ -518,7 +551,8 @@ class Engine:
             raise InvalidRequestError(f"timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
         live = self._get_live(sandbox_id, tenant)
         expires = datetime.now(UTC) + timedelta(seconds=seconds)
-        await live.client.set_deadline(expires.timestamp() + AGENT_GRACE_S)
+        if live.has_agent:
+            await live.client.set_deadline(expires.timestamp() + AGENT_GRACE_S)
         live.sandbox = self.sandboxes.update(live.sandbox, expires_at=expires)
         live.deadline_moved.set()
         return live.sandbox
@@ -583,5 +617,28 @@ def _tee(log: OutputLog, stream: str, callback: OutputCallback | None) -> Output
             result = callback(data)
             if result is not None:
                 await result
+
+    return write
+
+
+def _init_args(python: str | None, deadline: float) -> list[str]:
+    """The sandbox's init: the guest agent, or for images without python3 a shell loop of the
+    host's static busybox that just keeps the sandbox alive for runtime exec."""
+    if python is not None:
+        agent = f"{GUEST_MOUNT}/agent.py"
+        return [python, "-I", "-S", agent, "--fd", "3", "--deadline", f"{deadline:.3f}"]
+    busybox = f"{GUEST_MOUNT}/busybox"
+    loop = f"trap 'exit 0' TERM; while :; do {busybox} sleep 3600 & wait $!; done"
+    return [busybox, "sh", "-c", loop]
+
+
+def _sink(callback: OutputCallback | None, keep: bytearray) -> Callable[[bytes], Awaitable[None]]:
+    async def write(data: bytes) -> None:
+        if callback is None:
+            keep.extend(data)
+            return
+        result = callback(data)
+        if result is not None:
+            await result
 
     return write

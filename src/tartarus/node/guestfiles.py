@@ -17,11 +17,18 @@ import tartarus.guest
 SOURCE = Path(tartarus.guest.__file__).parent
 
 
+BUSYBOX = Path("/bin/busybox")  # static (busybox-static): the init of python-less sandboxes
+
+
 def install(state_dir: Path) -> Path:
     files = sorted(SOURCE.glob("*.py"))
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    if BUSYBOX.exists():
+        st = BUSYBOX.stat()
+        digest.update(f"busybox\0{st.st_size}:{st.st_mtime_ns}".encode())
+        files.append(BUSYBOX)
     target = state_dir / "guest" / digest.hexdigest()[:16]
     if target.is_dir():
         return target
@@ -29,7 +36,7 @@ def install(state_dir: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copyfile(f, tmp / f.name)
-        (tmp / f.name).chmod(0o644)
+        (tmp / f.name).chmod(0o755 if f == BUSYBOX else 0o644)
     tmp.chmod(0o755)
     target.parent.chmod(0o755)
     try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tartarus.errors import CapabilityError
-from tartarus.models import Resources
+from tartarus.models import ExecResult, Resources
 
 
 class ContainerStatus(enum.StrEnum):
@@ -29,7 +30,7 @@ class Capabilities:
     pause: bool = False
     checkpoint: bool = False
     userns: bool = False
-    exec_channel: str = "agent"  # how commands reach the sandbox: our guest agent
+    exec_channel: str = "agent"  # our guest agent; "runtime exec" serves python-less images
     network_modes: tuple[str, ...] = ("none",)
 
 
@@ -96,6 +97,23 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def list_ids(self) -> list[str]:
         """Ids of the containers this runtime holds in our state root."""
+
+    async def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        uid: int,
+        gid: int,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], Awaitable[None]],
+        on_stderr: Callable[[bytes], Awaitable[None]],
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a process through the runtime (for images that cannot run the guest agent)."""
+        raise CapabilityError(self.name, "exec without the guest agent")
 
     async def pause(self, container_id: str) -> None:
         raise CapabilityError(self.name, "pause")

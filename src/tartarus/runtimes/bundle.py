@@ -19,6 +19,7 @@ from tartarus.runtimes.seccomp import default_profile
 HOST_UID_BASE = 100000
 ID_RANGE = 65536
 CPU_PERIOD_US = 100_000
+CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 CGROUP_PARENT = "tartarus"  # every sandbox cgroup lives under this one
 
 MASKED_PATHS = [
@@ -106,9 +107,7 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
             "args": config.args,
             "env": [f"{k}={v}" for k, v in config.env.items()],
             "cwd": config.cwd,
-            "capabilities": {
-                k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
-            },
+            "capabilities": {k: [] for k in CAPABILITY_SETS},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
             "noNewPrivileges": True,
         },

@@ -8,13 +8,17 @@ shows only Tartarus containers and a leak check can look there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
-from tartarus.models import Resources
+from tartarus.models import ExecResult, Resources
 from tartarus.runtimes import hostns
 from tartarus.runtimes.base import (
     BindMount,
@@ -24,7 +28,7 @@ from tartarus.runtimes.base import (
     ProbeResult,
     Runtime,
 )
-from tartarus.runtimes.bundle import CGROUP_PARENT, write_bundle
+from tartarus.runtimes.bundle import CAPABILITY_SETS, CGROUP_PARENT, write_bundle
 
 
 class OCIRuntime(Runtime):
@@ -125,6 +129,87 @@ class OCIRuntime(Runtime):
             return []
         _, out, _ = await self._run("list", "--quiet", check=False)
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    async def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        uid: int,
+        gid: int,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], Awaitable[None]],
+        on_stderr: Callable[[bytes], Awaitable[None]],
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a process in the container through the runtime itself (images without python3
+        cannot run our guest agent). Same isolation as the init: user, no caps, no_new_privs."""
+        work = Path(tempfile.mkdtemp(prefix=f"exec-{container_id}-", dir=self.root))
+        try:
+            process = {
+                "terminal": False,
+                "user": {"uid": uid, "gid": gid},
+                "args": argv,
+                "env": [f"{k}={v}" for k, v in env.items()],
+                "cwd": cwd,
+                "capabilities": {k: [] for k in CAPABILITY_SETS},
+                "noNewPrivileges": True,
+            }
+            (work / "process.json").write_text(json.dumps(process))
+            pid_file = work / "pid"
+            proc = await asyncio.create_subprocess_exec(
+                *self.command_prefix(),
+                "exec",
+                "--process",
+                str(work / "process.json"),
+                "--pid-file",
+                str(pid_file),
+                container_id,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            errors = bytearray()
+
+            async def pump(
+                stream: asyncio.StreamReader,
+                sink: Callable[[bytes], Awaitable[None]],
+                keep: bytearray | None,
+            ) -> None:
+                while chunk := await stream.read(65536):
+                    if keep is not None and len(keep) < 4096:
+                        keep.extend(chunk)
+                    await sink(chunk)
+
+            async def feed() -> None:
+                assert proc.stdin is not None
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    proc.stdin.write(stdin or b"")
+                    await proc.stdin.drain()
+                proc.stdin.close()
+
+            assert proc.stdout is not None and proc.stderr is not None
+            tasks = [pump(proc.stdout, on_stdout, None), pump(proc.stderr, on_stderr, errors)]
+            if stdin is not None:
+                tasks.append(feed())
+            timed_out = False
+            try:
+                await asyncio.wait_for(asyncio.gather(*tasks, proc.wait()), timeout)
+            except TimeoutError:
+                timed_out = True
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                await proc.wait()
+            rc = proc.returncode if proc.returncode is not None else -1
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if timed_out:
+            return ExecResult(exit_code=137, signal=9, timed_out=True)
+        if rc in (1, 255) and b"executable file" in errors and b"not found" in errors:
+            rc = 127  # the runtime could not find the command: the shell convention
+        return ExecResult(exit_code=rc, signal=rc - 128 if rc > 128 else None)
 
     async def pause(self, container_id: str) -> None:
         await self._run("pause", container_id)
