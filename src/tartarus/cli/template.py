@@ -184,10 +184,13 @@ def build_cmd(target: str, force: bool) -> None:
                 info = catalog.register_file(target, report, force=force)
             name = info.spec.name
         else:
-            catalog.resolve(target)  # unknown names fail before the progress display starts
+            cached = catalog.resolve(target).built  # unknown names fail before any progress
             with _progress_display(target) as report:
                 info = catalog.ensure_built(target, report, force=force)
             name = target
+            if cached and not force:
+                click.echo(f"{name} is up to date: image {info.hash[:12]} (spec unchanged)")
+                return
     _done("built", name, info, started)
 
 
