@@ -18,8 +18,8 @@ test: template
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/ruff check src tests
-	$(VENV)/ruff format --check src tests
+	$(VENV)/ruff check src tests bench
+	$(VENV)/ruff format --check src tests bench
 	$(VENV)/mypy
 
 clean:

@@ -29,7 +29,7 @@ from tartarus.models import Resources, SandboxSpec
 from tartarus.node.engine import Engine
 from tartarus.runtimes import hostns
 from tartarus.runtimes.base import ContainerConfig
-from tartarus.runtimes.bundle import write_bundle
+from tartarus.runtimes.bundle import CGROUP_PARENT, write_bundle
 
 CMD = ["python3", "-c", "pass"]
 TARTARUS = str(Path(sys.executable).parent / "tartarus")
@@ -41,26 +41,41 @@ def _raw_crun(rootfs: Path, work: Path) -> Callable[[], Awaitable[None]]:
     async def once() -> None:
         cid = f"bench-raw-{os.getpid()}-{next(counter)}"
         bundle = work / cid
-        config = ContainerConfig(id=cid, rootfs=rootfs, args=["/usr/bin/python3", "-c", "pass"],
-                                 env={"PATH": "/usr/bin:/bin"}, cwd="/", resources=Resources())
+        config = ContainerConfig(
+            id=cid,
+            rootfs=rootfs,
+            args=["/usr/bin/python3", "-c", "pass"],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            resources=Resources(),
+        )
         spec_path = write_bundle(config, bundle)
         spec = json.loads(spec_path.read_text())
         spec["root"]["readonly"] = True  # the shared image must stay untouched
         spec_path.write_text(json.dumps(spec))
         proc = await asyncio.create_subprocess_exec(
-            "crun", "--root", str(work / "state"), "run", "--bundle", str(bundle), cid,
+            "crun",
+            "--root",
+            str(work / "state"),
+            "run",
+            "--bundle",
+            str(bundle),
+            cid,
             stdin=subprocess.DEVNULL,
         )
         if await proc.wait() != 0:
             raise SystemExit("raw crun run failed")
         shutil.rmtree(bundle)
+        hostns.remove_shadow_cgroup(f"{CGROUP_PARENT}/{cid}")
 
     return once
 
 
 def _cli() -> Callable[[], Awaitable[None]]:
     async def once() -> None:
-        proc = await asyncio.create_subprocess_exec(TARTARUS, "run", "--runtime", "crun", "--", *CMD)
+        proc = await asyncio.create_subprocess_exec(
+            TARTARUS, "run", "--runtime", "crun", "--", *CMD
+        )
         if await proc.wait() != 0:
             raise SystemExit("tartarus run failed")
 
@@ -69,7 +84,9 @@ def _cli() -> Callable[[], Awaitable[None]]:
 
 def _engine(engine: Engine) -> Callable[[], Awaitable[None]]:
     async def once() -> None:
-        sandbox = await engine.run(SandboxSpec(template="python", command=tuple(CMD), runtime="crun"))
+        sandbox = await engine.run(
+            SandboxSpec(template="python", command=tuple(CMD), runtime="crun")
+        )
         if sandbox.exit_code != 0:
             raise SystemExit(f"engine run failed: {sandbox.reason}")
 

@@ -19,6 +19,7 @@ COMMANDS = {  # name -> (module, attribute, one-line help for the listing)
     "run": ("tartarus.cli.run", "run", "Run COMMAND in a new sandbox and exit with its exit code."),
     "doctor": ("tartarus.cli.doctor", "doctor", "Probe each runtime and check the host tools."),
     "template": ("tartarus.cli.template", "template", "List, build, import and remove templates."),
+    "server": ("tartarus.cli.server", "server", "Serve the HTTP API with this machine's engine."),
 }
 
 

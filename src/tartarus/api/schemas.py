@@ -1,0 +1,254 @@
+"""Wire shapes of the API (docs/api.md), separate from the engine's records on purpose: the
+engine may grow fields without the public contract changing under the SDK's feet."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tartarus.models import Resources, Sandbox, SandboxState
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSandbox(_In):
+    template: str = "python"
+    command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    pids: int | None = None
+    disk_mb: int | None = None
+    timeout: float = Field(300.0, gt=0, description="wall-clock seconds")
+    runtime: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class SetTimeout(_In):
+    timeout: float = Field(gt=0, description="seconds from now")
+
+
+class ExecRequest(_In):
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0)
+    stdin: str | None = Field(None, description="base64 of the bytes fed to stdin")
+
+    @field_validator("stdin")
+    @classmethod
+    def _stdin(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be base64") from None
+        return v
+
+    def stdin_bytes(self) -> bytes | None:
+        return None if self.stdin is None else base64.b64decode(self.stdin)
+
+
+class CodeRequest(_In):
+    code: str
+    context: str | None = None
+    timeout: float | None = Field(None, gt=0)
+
+
+class CodeErrorOut(BaseModel):
+    name: str
+    value: str
+    traceback: str
+
+
+class CodeOut(BaseModel):
+    stdout: str
+    stderr: str
+    value: str | None
+    error: CodeErrorOut | None
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    ts: datetime
+    from_: str | None = Field(None, alias="from")
+    to: str
+    reason: str | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+class SandboxOut(BaseModel):
+    id: str
+    tenant: str | None
+    state: SandboxState
+    template: str
+    runtime: str
+    command: list[str]
+    env: dict[str, str]
+    workdir: str | None
+    metadata: dict[str, str]
+    resources: Resources
+    timeout: float
+    exit_code: int | None
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings_ms: dict[str, float]
+
+    @classmethod
+    def of(cls, sb: Sandbox) -> SandboxOut:
+        return cls(
+            id=sb.id,
+            tenant=sb.tenant,
+            state=sb.state,
+            template=sb.spec.template,
+            runtime=sb.runtime,
+            command=list(sb.spec.command),
+            env=dict(sb.spec.env),
+            workdir=sb.spec.workdir,
+            metadata=dict(sb.spec.metadata),
+            resources=sb.resources,
+            timeout=sb.spec.timeout,
+            exit_code=sb.exit_code,
+            reason=sb.reason,
+            created_at=sb.created_at,
+            started_at=sb.started_at,
+            finished_at=sb.finished_at,
+            timings_ms=dict(sb.timings_ms),
+        )
+
+
+class SandboxDetail(SandboxOut):
+    events: list[Event]
+
+    @classmethod
+    def with_events(cls, sb: Sandbox, events: list[dict[str, Any]]) -> SandboxDetail:
+        base = SandboxOut.of(sb).model_dump()
+        return cls(**base, events=[Event.model_validate(e) for e in events])
+
+
+class SandboxPage(BaseModel):
+    items: list[SandboxOut]
+    next_cursor: str | None
+
+
+class StateFilter(enum.StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+    OOM_KILLED = "oom_killed"
+    ALL = "all"
+
+
+class FileWritten(BaseModel):
+    path: str
+    size: int
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    type: str
+    size: int | None = None
+    mode: int | None = None
+    mtime: float | None = None
+
+
+class FileList(BaseModel):
+    entries: list[FileEntry]
+
+
+class TemplateOut(BaseModel):
+    name: str
+    source: str
+    built: bool
+    image: str | None
+    description: str
+    resources: Resources
+
+
+class TemplateDetail(TemplateOut):
+    spec: dict[str, Any]
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+
+
+class CreateTenant(_In):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class TenantOut(BaseModel):
+    name: str
+    created_at: datetime
+
+
+class TenantList(BaseModel):
+    items: list[TenantOut]
+
+
+class CreateKey(_In):
+    tenant: str
+    role: Literal["admin", "member"] = "member"
+    name: str = Field("", max_length=128)
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    role: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewKey(KeyOut):
+    key: str
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape (docs/api.md)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "Invalid request"),
+        (401, "Missing, malformed, unknown or revoked key"),
+        (403, "The key's role may not do this"),
+        (404, "Not found for this tenant"),
+        (409, "The sandbox's state does not allow it"),
+        (422, "Validation error naming the field"),
+    )
+}
