@@ -18,7 +18,8 @@ from tartarus.cli.progress import BuildProgress
 from tartarus.errors import InvalidRequestError
 from tartarus.models import Sandbox, SandboxSpec, SandboxState
 from tartarus.node.agent_client import OutputCallback
-from tartarus.node.engine import Engine, MainIO
+from tartarus.node.engine import Engine
+from tartarus.node.live import MainIO
 from tartarus.runtimes.registry import RUNTIME_CLASSES
 
 EXIT_TIMEOUT = 124  # like timeout(1)

@@ -17,8 +17,7 @@ import contextlib
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import structlog
 from tartarus.config import Settings
 from tartarus.errors import (
     AgentError,
-    CapabilityError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
@@ -46,10 +44,11 @@ from tartarus.models import (
 )
 from tartarus.node import cgroups, guestfiles, logs, owners, reaper
 from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO, tee
 from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
 from tartarus.runtimes import hostns
-from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus, Runtime
+from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
 from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
 from tartarus.runtimes.registry import RuntimeRegistry
 from tartarus.store import Database
@@ -57,7 +56,6 @@ from tartarus.store.sandboxes import SandboxRepository
 
 log = structlog.get_logger("tartarus.engine")
 
-USER_UID = USER_GID = 1000
 HOME = "/home/user"
 GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
 AGENT_GRACE_S = 5.0  # the in-guest deadline fires after ours: it is only a backstop
@@ -73,83 +71,6 @@ BASE_ENV = {
 ProgressCallback = Callable[[str, float | None], None]
 
 
-@dataclass
-class _Live:
-    """What this engine process holds for a sandbox it supervises."""
-
-    sandbox: Sandbox
-    runtime: Runtime
-    directory: Path
-    socket_path: Path
-    env: dict[str, str]
-    workdir: str
-    init_pid: int | None = None
-    has_agent: bool = True  # False: no python3 in the image, commands go through the runtime
-    output: OutputLog | None = None
-    kill_reason: str | None = None
-    detached: bool = False  # the engine is leaving it running for another engine
-    killed: asyncio.Event = field(default_factory=asyncio.Event)
-    deadline_moved: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def client(self) -> AgentClient:
-        if not self.has_agent:
-            raise CapabilityError(
-                self.runtime.name, "files and code", "the image has no python3 for the guest agent"
-            )
-        return AgentClient(str(self.socket_path))
-
-    async def exec(
-        self,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        cwd: str,
-        timeout: float | None = None,
-        stdin: AsyncIterator[bytes] | bytes | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecResult:
-        """Through the guest agent, or the runtime's own exec where the image has no python3."""
-        if self.has_agent:
-            return await self.client.exec(
-                argv,
-                env=env,
-                cwd=cwd,
-                timeout=timeout,
-                stdin=stdin,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-            )
-        if stdin is not None and not isinstance(stdin, bytes):
-            stdin = b"".join([chunk async for chunk in stdin])
-        out, err = bytearray(), bytearray()
-        result = await self.runtime.exec(
-            self.sandbox.id,
-            argv,
-            env=env,
-            cwd=cwd,
-            uid=USER_UID,
-            gid=USER_GID,
-            stdin=stdin,
-            on_stdout=_sink(on_stdout, out),
-            on_stderr=_sink(on_stderr, err),
-            timeout=timeout,
-        )
-        return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
-
-
-@dataclass
-class MainIO:
-    """Where the main command's streams go (the CLI's `run`), all optional."""
-
-    on_stdout: OutputCallback | None = None
-    on_stderr: OutputCallback | None = None
-    stdin: AsyncIterator[bytes] | None = None
-
-
 class Engine:
     def __init__(self, settings: Settings | None = None, *, adopt: bool = False) -> None:
         self.settings = settings or Settings()
@@ -160,7 +81,7 @@ class Engine:
         self.catalog = TemplateCatalog(self.db, self.images, mirror=self.settings.mirror)
         self.runtimes = RuntimeRegistry(self.settings.state_dir)
         self.owner = owners.current()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveSandbox] = {}
         self._guest_dir: Path | None = None
 
     # -- setup and teardown -------------------------------------------------------------------
@@ -232,7 +153,7 @@ class Engine:
         )
         self.sandboxes.insert(sandbox, owner=self.owner)
         directory = self.settings.sandboxes_dir / sandbox.id
-        live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
+        live = LiveSandbox(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         live.has_agent = image.python is not None
         self._live[sandbox.id] = live
         try:
@@ -259,7 +180,7 @@ class Engine:
 
     async def _start_container(
         self,
-        live: _Live,
+        live: LiveSandbox,
         lower: Path,
         python: str | None,
         resources: Resources,
@@ -299,7 +220,7 @@ class Engine:
             listener.close()  # the container holds its own copy
         timings["runtime"] = _ms(t0)
 
-    async def _supervise(self, live: _Live, io: MainIO) -> None:
+    async def _supervise(self, live: LiveSandbox, io: MainIO) -> None:
         spec = live.sandbox.spec
         waiters: set[asyncio.Future[Any]] = set()
         main: asyncio.Task[ExecResult] | None = None
@@ -313,8 +234,8 @@ class Engine:
                     env=live.env,
                     cwd=live.workdir,
                     stdin=io.stdin,
-                    on_stdout=_tee(live.output, "stdout", io.on_stdout),
-                    on_stderr=_tee(live.output, "stderr", io.on_stderr),
+                    on_stdout=tee(live.output, "stdout", io.on_stdout),
+                    on_stderr=tee(live.output, "stderr", io.on_stderr),
                 )
             )
             waiters.add(main)
@@ -348,7 +269,7 @@ class Engine:
 
     async def _outcome(
         self,
-        live: _Live,
+        live: LiveSandbox,
         done: set[asyncio.Future[Any]],
         main: asyncio.Task[ExecResult] | None,
         killed: asyncio.Future[Any],
@@ -370,7 +291,7 @@ class Engine:
             return SandboxState.EXITED, result.exit_code, None
         return SandboxState.FAILED, None, "sandbox init exited unexpectedly"
 
-    async def _watch_container(self, live: _Live) -> None:
+    async def _watch_container(self, live: LiveSandbox) -> None:
         """Return when the container stops on its own (its agent died or was killed)."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -380,7 +301,7 @@ class Engine:
 
     async def _finish(
         self,
-        live: _Live,
+        live: LiveSandbox,
         state: SandboxState,
         *,
         exit_code: int | None = None,
@@ -442,7 +363,7 @@ class Engine:
                 update={"expires_at": started + timedelta(seconds=sandbox.spec.timeout)}
             )
         directory = self.settings.sandboxes_dir / sandbox.id
-        live = _Live(sandbox, runtime, directory, directory / "a.sock", env, workdir)
+        live = LiveSandbox(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         with contextlib.suppress(OSError, ValueError):
             live.init_pid = int((directory / "bundle" / "init.pid").read_text())
         try:
@@ -482,7 +403,7 @@ class Engine:
 
     # -- operations on running sandboxes ------------------------------------------------------
 
-    def _get_live(self, sandbox_id: str, tenant: str | None = None) -> _Live:
+    def _get_live(self, sandbox_id: str, tenant: str | None = None) -> LiveSandbox:
         sandbox = self.get(sandbox_id, tenant=tenant)  # NotFoundError first
         live = self._live.get(sandbox_id)
         if live is None:
@@ -608,19 +529,6 @@ def _environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, s
     return {**BASE_ENV, **template.env, **spec.env}, spec.workdir or template.workdir
 
 
-def _tee(log: OutputLog, stream: str, callback: OutputCallback | None) -> OutputCallback:
-    """Record main-command output in the sandbox's log and pass it on to the caller."""
-
-    async def write(data: bytes) -> None:
-        log.append(stream, data)
-        if callback is not None:
-            result = callback(data)
-            if result is not None:
-                await result
-
-    return write
-
-
 def _init_args(python: str | None, deadline: float) -> list[str]:
     """The sandbox's init: the guest agent, or for images without python3 a shell loop of the
     host's static busybox that just keeps the sandbox alive for runtime exec."""
@@ -630,15 +538,3 @@ def _init_args(python: str | None, deadline: float) -> list[str]:
     busybox = f"{GUEST_MOUNT}/busybox"
     loop = f"trap 'exit 0' TERM; while :; do {busybox} sleep 3600 & wait $!; done"
     return [busybox, "sh", "-c", loop]
-
-
-def _sink(callback: OutputCallback | None, keep: bytearray) -> Callable[[bytes], Awaitable[None]]:
-    async def write(data: bytes) -> None:
-        if callback is None:
-            keep.extend(data)
-            return
-        result = callback(data)
-        if result is not None:
-            await result
-
-    return write

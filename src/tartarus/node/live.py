@@ -1,0 +1,122 @@
+"""What the engine holds for each sandbox it supervises, and how commands reach it.
+
+Commands go through the guest agent when the image has python3, and through the runtime's
+own exec otherwise; callers of `LiveSandbox.exec` do not need to know which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tartarus.errors import CapabilityError
+from tartarus.models import ExecResult, Sandbox
+from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.logs import OutputLog
+from tartarus.runtimes.base import Runtime
+
+USER_UID = USER_GID = 1000  # the unprivileged user commands run as, inside
+
+
+@dataclass
+class LiveSandbox:
+    """What this engine process holds for a sandbox it supervises."""
+
+    sandbox: Sandbox
+    runtime: Runtime
+    directory: Path
+    socket_path: Path
+    env: dict[str, str]
+    workdir: str
+    init_pid: int | None = None
+    has_agent: bool = True  # False: no python3 in the image, commands go through the runtime
+    output: OutputLog | None = None
+    kill_reason: str | None = None
+    detached: bool = False  # the engine is leaving it running for another engine
+    killed: asyncio.Event = field(default_factory=asyncio.Event)
+    deadline_moved: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> AgentClient:
+        if not self.has_agent:
+            raise CapabilityError(
+                self.runtime.name, "files and code", "the image has no python3 for the guest agent"
+            )
+        return AgentClient(str(self.socket_path))
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        timeout: float | None = None,
+        stdin: AsyncIterator[bytes] | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
+        """Through the guest agent, or the runtime's own exec where the image has no python3."""
+        if self.has_agent:
+            return await self.client.exec(
+                argv,
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
+        if stdin is not None and not isinstance(stdin, bytes):
+            stdin = b"".join([chunk async for chunk in stdin])
+        out, err = bytearray(), bytearray()
+        result = await self.runtime.exec(
+            self.sandbox.id,
+            argv,
+            env=env,
+            cwd=cwd,
+            uid=USER_UID,
+            gid=USER_GID,
+            stdin=stdin,
+            on_stdout=sink(on_stdout, out),
+            on_stderr=sink(on_stderr, err),
+            timeout=timeout,
+        )
+        return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
+
+
+@dataclass
+class MainIO:
+    """Where the main command's streams go (the CLI's `run`), all optional."""
+
+    on_stdout: OutputCallback | None = None
+    on_stderr: OutputCallback | None = None
+    stdin: AsyncIterator[bytes] | None = None
+
+
+def tee(log: OutputLog, stream: str, callback: OutputCallback | None) -> OutputCallback:
+    """Record main-command output in the sandbox's log and pass it on to the caller."""
+
+    async def write(data: bytes) -> None:
+        log.append(stream, data)
+        if callback is not None:
+            result = callback(data)
+            if result is not None:
+                await result
+
+    return write
+
+
+def sink(callback: OutputCallback | None, keep: bytearray) -> Callable[[bytes], Awaitable[None]]:
+    async def write(data: bytes) -> None:
+        if callback is None:
+            keep.extend(data)
+            return
+        result = callback(data)
+        if result is not None:
+            await result
+
+    return write
