@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tartarus.node import reaper
+from tartarus.runtimes import reaper
 from tests.conftest import TARTARUS
 
 START_TIMEOUT_S = 60.0
@@ -163,7 +163,7 @@ def new_state_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_server() -> Iterator[ApiServer]:
     # a server's sandbox inits outlive it (by design); as their subreaper we can reap them
     reaper.become_subreaper()
@@ -245,12 +245,12 @@ def assert_error(response: httpx2.Response, status: int, type_: str) -> str:
     return message
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tenant_a(api_server: ApiServer) -> tuple[str, str]:
     return new_tenant(api_server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tenant_b(api_server: ApiServer) -> tuple[str, str]:
     return new_tenant(api_server)
 

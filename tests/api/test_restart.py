@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from tartarus.node import reaper
+from tartarus.runtimes import reaper
 from tests.api.conftest import ApiServer, client, new_state_dir, new_tenant, output, sse_events
 
 

@@ -19,6 +19,14 @@ COMMANDS = {  # name -> (module, attribute, one-line help for the listing)
     "run": ("tartarus.cli.run", "run", "Run COMMAND in a new sandbox and exit with its exit code."),
     "doctor": ("tartarus.cli.doctor", "doctor", "Probe each runtime and check the host tools."),
     "template": ("tartarus.cli.template", "template", "List, build, import and remove templates."),
+    "create": ("tartarus.cli.sandbox", "create", "Create a sandbox and print its id."),
+    "ps": ("tartarus.cli.sandbox", "ps", "List sandboxes."),
+    "inspect": ("tartarus.cli.sandbox", "inspect", "Show a sandbox as JSON, with events."),
+    "exec": ("tartarus.cli.sandbox", "exec_", "Run a command in a running sandbox."),
+    "logs": ("tartarus.cli.sandbox", "logs", "Show (or follow) a sandbox's main output."),
+    "kill": ("tartarus.cli.sandbox", "kill", "Kill sandboxes."),
+    "keys": ("tartarus.cli.admin", "keys", "Create, list and revoke API keys (server)."),
+    "tenants": ("tartarus.cli.admin", "tenants", "Create and list tenants (server)."),
     "server": ("tartarus.cli.server", "server", "Serve the HTTP API with this machine's engine."),
 }
 
@@ -46,7 +54,8 @@ class LazyGroup(click.Group):
 def cli() -> None:
     """Tartarus runs untrusted code in isolated sandboxes.
 
-    Commands use the embedded engine on this machine (run as root).
+    With TARTARUS_URL (and TARTARUS_API_KEY) set, commands talk to a Tartarus server;
+    otherwise they use the embedded engine on this machine (run as root).
     """
 
 

@@ -42,12 +42,12 @@ from tartarus.models import (
     SandboxState,
     TemplateSpec,
 )
-from tartarus.node import cgroups, guestfiles, logs, owners, reaper
+from tartarus.node import cgroups, guestfiles, logs, owners
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO, tee
 from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
-from tartarus.runtimes import hostns
+from tartarus.runtimes import hostns, reaper
 from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
 from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
 from tartarus.runtimes.registry import RuntimeRegistry
@@ -115,6 +115,9 @@ class Engine:
                 live.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await live.task
+            # released, not orphaned: the next engine (even in this process) may adopt it
+            with contextlib.suppress(Exception):
+                self.sandboxes.set_owner(live.sandbox.id, None)
         self.db.close()
 
     async def __aenter__(self) -> Engine:

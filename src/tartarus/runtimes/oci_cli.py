@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
 from tartarus.models import ExecResult, Resources
-from tartarus.runtimes import hostns
+from tartarus.runtimes import hostns, reaper
 from tartarus.runtimes.base import (
     BindMount,
     Capabilities,
@@ -255,11 +255,12 @@ class OCIRuntime(Runtime):
                 binds=[BindMount(rootfs / "bin", "/mnt")],
             )
             log = probe_dir / "log"
-            await self.start(config, probe_dir / "bundle", log)
+            pid = await self.start(config, probe_dir / "bundle", log)
             for _ in range(100):
                 if await self.status(cid) in (ContainerStatus.STOPPED, None):
                     break
                 await asyncio.sleep(0.02)
+            await reaper.reap(pid, timeout=1.0)  # it may have been re-parented to us
             return ProbeResult(True, version)
         except RuntimeUnavailableError as exc:
             return ProbeResult(False, version, str(exc), self.failure_hint(str(exc)))

@@ -1,4 +1,5 @@
-"""The engine as child subreaper of its sandboxes' init processes.
+"""The engine as child subreaper of its sandboxes' init processes (used by runtimes, whose
+detached inits are re-parented, and by the engine).
 
 `crun run --detach` forks the sandbox's init and exits, so the init is re-parented. Without
 a subreaper it goes to the host's PID 1, which may reap late (here it left zombies behind);
