@@ -57,7 +57,13 @@ def test_no_sandbox_processes_left() -> None:
             continue
         if 100000 <= int(uid_line.split()[1]) < 165536:
             cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-            stray.append(f"{status.parent.name}: {cmdline.decode(errors='replace')}")
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+            stray.append(
+                f"{status.parent.name} {fields.get('Name')} state={fields.get('State')}"
+                f" ppid={fields.get('PPid')}: {cmdline.decode(errors='replace')}"
+            )
     assert stray == []
 
 

@@ -50,7 +50,7 @@ class OCIRuntime(Runtime):
     ) -> tuple[int, str, str]:
         argv = [*(prefix or self.command_prefix()), *args]
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await reaper.spawn(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -88,7 +88,7 @@ class OCIRuntime(Runtime):
         # (waiting for its EOF would wait for the sandbox's end): both go to the log file.
         with open(log, "ab") as logf:
             offset = logf.tell()
-            proc = await asyncio.create_subprocess_exec(
+            proc = await reaper.spawn(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf,
@@ -159,7 +159,7 @@ class OCIRuntime(Runtime):
             }
             (work / "process.json").write_text(json.dumps(process))
             pid_file = work / "pid"
-            proc = await asyncio.create_subprocess_exec(
+            proc = await reaper.spawn(
                 *self.command_prefix(),
                 "exec",
                 "--process",
@@ -205,6 +205,7 @@ class OCIRuntime(Runtime):
             rc = proc.returncode if proc.returncode is not None else -1
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            reaper.reap_sandbox_zombies()  # a failed exec leaves its child to us
         if timed_out:
             return ExecResult(exit_code=137, signal=9, timed_out=True)
         if rc in (1, 255) and b"executable file" in errors and b"not found" in errors:

@@ -9,8 +9,13 @@ with the engine as subreaper the init becomes our child and we reap it as soon a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
+from pathlib import Path
+from typing import Any
+
+from tartarus.runtimes.bundle import HOST_UID_BASE, ID_RANGE
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -24,10 +29,16 @@ def become_subreaper() -> None:
 
 
 async def reap(pid: int, timeout: float = 2.0) -> bool:
-    """Collect `pid`'s exit status if it is (or becomes) our child; True once it is gone."""
+    """Collect `pid`'s exit status if it is (or becomes) our child; True once it is gone.
+
+    A dying pid-namespace init waits until every process of its namespace is reaped, and
+    some of those (started by `runtime exec`) may have been re-parented to us: collect those
+    too, or the init never finishes dying.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
+        reap_sandbox_zombies()
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -47,3 +58,45 @@ def _exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+RUNTIME_NAMES = frozenset({"crun", "runc", "runsc", "runc:[1:CHILD]", "runc:[2:INIT]"})
+_spawned: set[int] = set()  # runtime processes asyncio started and waits for: never ours to reap
+
+
+async def spawn(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """asyncio.create_subprocess_exec, remembering the pid so the sweep leaves it alone."""
+    proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+    _spawned.add(proc.pid)
+    return proc
+
+
+def reap_sandbox_zombies() -> int:
+    """waitpid() zombies re-parented to us (we are a subreaper); returns how many.
+
+    Those are processes of a sandbox (inside its pid namespace, or with a sandbox uid) and
+    runtime helpers whose runtime process exited before them. Processes we started
+    ourselves (`spawn`) are left to asyncio, which waits for them.
+    """
+    me = str(os.getpid())
+    reaped = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid") != me or not fields.get("State", "").startswith("Z"):
+            continue
+        pid = int(status.parent.name)
+        uid = int(fields.get("Uid", "0").split()[0])
+        in_sandbox = len(fields.get("NSpid", "").split()) > 1
+        sandbox_uid = HOST_UID_BASE <= uid < HOST_UID_BASE + ID_RANGE
+        orphaned_helper = fields.get("Name") in RUNTIME_NAMES and pid not in _spawned
+        if in_sandbox or sandbox_uid or orphaned_helper:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+                reaped += 1
+    _spawned.intersection_update(p for p in _spawned if Path(f"/proc/{p}").exists())
+    return reaped
