@@ -79,3 +79,10 @@ def test_template_hash_ignores_runtime_only_fields() -> None:
     c = TemplateSpec(name="a", apt=("curl", "git"))
     assert a.content_hash() == b.content_hash()
     assert a.content_hash() != c.content_hash()
+
+
+def test_cli_runtime_choices_match_the_registry() -> None:
+    from tartarus.cli.options import RUNTIME_NAMES
+    from tartarus.runtimes.registry import RUNTIME_CLASSES
+
+    assert set(RUNTIME_NAMES) == set(RUNTIME_CLASSES)

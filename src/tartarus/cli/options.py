@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -43,3 +44,45 @@ def validation_message(exc: ValidationError) -> str:
         "env": "--env",
     }.get(field, field)
     return f"invalid {flag}: {err['msg'].removeprefix('Value error, ')}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# runtime names are listed here, not imported from the registry, so `--help` stays cheap
+RUNTIME_NAMES = ("crun", "runc")
+
+
+def sandbox_options(func: F) -> F:
+    """The options that describe a new sandbox, shared by `run` and `create`."""
+    decorators = [
+        click.option(
+            "--template", "-t", default="python", show_default=True, help="Template name."
+        ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIME_NAMES),
+            default=None,
+            help="Isolation runtime (default: the best that works here).",
+        ),
+        click.option("--cpu", type=float, default=None, help="CPU cores, e.g. 0.5."),
+        click.option("--memory", type=int, default=None, metavar="MIB", help="Memory in MiB."),
+        click.option("--pids", type=int, default=None, metavar="N", help="Max processes."),
+        click.option("--disk", type=int, default=None, metavar="MIB", help="Disk in MiB."),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=300.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Wall-clock limit; the sandbox is killed after it.",
+        ),
+        click.option(
+            "--env", "-e", multiple=True, metavar="K=V", help="Environment variable (repeatable)."
+        ),
+        click.option(
+            "--workdir", "-w", default=None, metavar="PATH", help="Working directory inside."
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func

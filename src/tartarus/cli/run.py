@@ -13,14 +13,13 @@ from typing import BinaryIO
 import click
 from pydantic import ValidationError
 
-from tartarus.cli.options import parse_env, resources, validation_message
+from tartarus.cli.options import parse_env, resources, sandbox_options, validation_message
 from tartarus.cli.progress import BuildProgress
 from tartarus.errors import InvalidRequestError
 from tartarus.models import Sandbox, SandboxSpec, SandboxState
 from tartarus.node.agent_client import OutputCallback
 from tartarus.node.engine import Engine
 from tartarus.node.live import MainIO
-from tartarus.runtimes.registry import RUNTIME_CLASSES
 
 EXIT_TIMEOUT = 124  # like timeout(1)
 EXIT_INTERRUPTED = 130
@@ -28,30 +27,8 @@ EXIT_KILLED = 137
 EXIT_FAILED = 1
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
-@click.option("--template", "-t", default="python", show_default=True, help="Template name.")
-@click.option(
-    "--runtime",
-    type=click.Choice(sorted(RUNTIME_CLASSES)),
-    default=None,
-    help="Isolation runtime (default: the best that works here).",
-)
-@click.option("--cpu", type=float, default=None, help="CPU cores, e.g. 0.5.")
-@click.option("--memory", type=int, default=None, metavar="MIB", help="Memory limit in MiB.")
-@click.option("--pids", type=int, default=None, metavar="N", help="Max processes and threads.")
-@click.option("--disk", type=int, default=None, metavar="MIB", help="Writable layer size in MiB.")
-@click.option(
-    "--timeout",
-    type=float,
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Wall-clock limit; the sandbox is killed after it.",
-)
-@click.option(
-    "--env", "-e", multiple=True, metavar="K=V", help="Environment variable (repeatable)."
-)
-@click.option("--workdir", "-w", default=None, metavar="PATH", help="Working directory inside.")
+@click.command()
+@sandbox_options
 @click.option("--stdin", "pass_stdin", is_flag=True, help="Pass this command's stdin through.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(

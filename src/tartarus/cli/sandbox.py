@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import click
 
 from tartarus.cli.backend import Backend, BadInputError, CreateOptions, ExecOutcome, run
-from tartarus.cli.options import parse_env
+from tartarus.cli.options import parse_env, sandbox_options
 
 STATES = ("pending", "starting", "running", "exited", "failed", "killed", "timed_out", "oom_killed")
 
@@ -44,22 +44,7 @@ def _check_resources(**given: float | None) -> None:
 
 
 @click.command()
-@click.option("--template", "-t", default="python", show_default=True, help="Template name.")
-@click.option("--runtime", default=None, help="Isolation runtime (default: the best here).")
-@click.option("--cpu", type=float, default=None, help="CPU cores, e.g. 0.5.")
-@click.option("--memory", type=int, default=None, metavar="MIB", help="Memory limit in MiB.")
-@click.option("--pids", type=int, default=None, metavar="N", help="Max processes and threads.")
-@click.option("--disk", type=int, default=None, metavar="MIB", help="Writable layer size in MiB.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Wall-clock limit; the sandbox is killed after it.",
-)
-@click.option("--env", "-e", multiple=True, metavar="K=V", help="Environment variable.")
-@click.option("--workdir", "-w", default=None, metavar="PATH", help="Working directory inside.")
+@sandbox_options
 @click.option("--metadata", "-m", multiple=True, metavar="K=V", help="Label (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def create(
