@@ -74,3 +74,19 @@ async def test_logs_of_the_main_command(engine: Engine, runtime: str) -> None:
     assert [e.data for e in again] == [d for _, d in followed]
     resumed = [e async for e in engine.logs(sandbox.id, after=again[0].seq)]
     assert resumed == again[1:]
+
+
+async def test_create_travels_through_the_job_queue(engine: Engine, runtime: str) -> None:
+    sandbox = await engine.create(SandboxSpec(runtime=runtime, timeout=60))
+    [job] = engine.jobs.for_sandbox(sandbox.id)
+    assert (job.kind, job.state, job.node, job.attempts) == ("create", "done", engine.owner, 1)
+    assert "queue" in engine.get(sandbox.id).timings_ms
+    await engine.kill(sandbox.id)
+
+
+async def test_failed_create_fails_its_job(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError):
+        await engine.create(SandboxSpec(runtime="crun", workdir="/etc/passwd", timeout=60))
+    failed = engine.list(states=[SandboxState.FAILED])[-1]
+    [job] = engine.jobs.for_sandbox(failed.id)
+    assert job.state == "failed" and job.error

@@ -32,7 +32,7 @@ from tartarus.errors import (
     NotFoundError,
     TartarusError,
 )
-from tartarus.images.cache import ImageCache
+from tartarus.images.cache import ImageCache, resolve_in_root
 from tartarus.images.catalog import TemplateCatalog
 from tartarus.models import (
     ExecResult,
@@ -52,6 +52,7 @@ from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
 from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
 from tartarus.runtimes.registry import RuntimeRegistry
 from tartarus.store import Database
+from tartarus.store.jobs import JobQueue
 from tartarus.store.sandboxes import SandboxRepository
 
 log = structlog.get_logger("tartarus.engine")
@@ -77,6 +78,7 @@ class Engine:
         self.adopt = adopt  # re-adopt orphaned idle sandboxes at open() (servers do)
         self.db = Database(self.settings.db_path)
         self.sandboxes = SandboxRepository(self.db)
+        self.jobs = JobQueue(self.db)
         self.images = ImageCache(self.settings.image_dir)
         self.catalog = TemplateCatalog(self.db, self.images, mirror=self.settings.mirror)
         self.runtimes = RuntimeRegistry(self.settings.state_dir)
@@ -154,12 +156,19 @@ class Engine:
             resources=resources,
             created_at=datetime.now(UTC),
         )
-        self.sandboxes.insert(sandbox, owner=self.owner)
+        # the submit path: record and job in one transaction; on one machine we claim our
+        # own job at once, in fleet mode a node agent claims it (store/jobs.py)
+        job_id = self.sandboxes.insert(sandbox, owner=self.owner, job="create")
+        assert job_id is not None
+        claimed = self.jobs.claim(self.owner, job_id=job_id)
+        timings["queue"] = _ms(t0)
         directory = self.settings.sandboxes_dir / sandbox.id
         live = LiveSandbox(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         live.has_agent = image.python is not None
         self._live[sandbox.id] = live
         try:
+            if not claimed:
+                raise ConflictError(f"the create job of {sandbox.id} was claimed by another node")
             sandbox = self.sandboxes.update(sandbox, state=SandboxState.STARTING)
             live.sandbox = sandbox
             await self._start_container(
@@ -177,7 +186,10 @@ class Engine:
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, TartarusError) else f"start failed: {exc!r}"
             await asyncio.shield(self._finish(live, SandboxState.FAILED, reason=reason))
+            if claimed:
+                self.jobs.finish(job_id, self.owner, error=reason)
             raise
+        self.jobs.finish(job_id, self.owner)
         live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
         return live.sandbox
 
@@ -196,7 +208,11 @@ class Engine:
         uid, gid = host_uid(USER_UID), host_uid(USER_GID)
         owned = {HOME: (uid, gid, 0o755), "/tmp": (host_uid(0), host_uid(0), 0o1777)}
         if live.workdir not in owned:
-            owned[live.workdir] = (uid, gid, 0o755)
+            existing = resolve_in_root(lower, live.workdir)
+            if existing is not None and not existing.is_dir():
+                raise InvalidRequestError(f"workdir {live.workdir} is not a directory")
+            if existing is None:  # created for the user; an existing directory stays as is
+                owned[live.workdir] = (uid, gid, 0o755)
         overlay.mount(lower, resources.disk_mb, owned)
         timings["overlay"] = _ms(t0)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

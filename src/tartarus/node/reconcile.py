@@ -51,9 +51,9 @@ async def reconcile(engine: Engine) -> list[str]:
         Overlay(engine.settings.sandboxes_dir / sid).remove()
         await cgroups.drain(CGROUP_PARENT, sid)
         cgroups.remove(CGROUP_PARENT, sid)
-        engine.sandboxes.update(
-            sandbox, state=SandboxState.FAILED, reason="engine exited before the sandbox ended"
-        )
+        reason = "engine exited before the sandbox ended"
+        engine.sandboxes.update(sandbox, state=SandboxState.FAILED, reason=reason)
+        engine.jobs.abandon(sid, reason)
         engine.sandboxes.set_owner(sid, None)
         reaped.append(sid)
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from tartarus.errors import NotFoundError
 from tartarus.models import Sandbox, SandboxState, check_transition
+from tartarus.store import jobs
 from tartarus.store.database import Database
 from tartarus.store.schema import events, sandboxes
 
@@ -24,7 +25,11 @@ class SandboxRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def insert(self, sandbox: Sandbox, owner: str | None = None) -> None:
+    def insert(
+        self, sandbox: Sandbox, owner: str | None = None, *, job: str | None = None
+    ) -> int | None:
+        """Write a new record; with `job`, queue a job of that kind in the same transaction
+        and return its id."""
         with self.db.begin() as conn:
             conn.execute(
                 sandboxes.insert().values(
@@ -40,6 +45,7 @@ class SandboxRepository:
                 )
             )
             _event(conn, sandbox.id, "state", {"from": None, "to": sandbox.state.value})
+            return jobs.enqueue(conn, job, sandbox.id) if job else None
 
     def get(self, sandbox_id: str) -> Sandbox:
         with self.db.begin() as conn:
