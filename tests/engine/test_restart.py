@@ -77,8 +77,14 @@ from tartarus.node.engine import Engine
 async def main():
     engine = Engine()
     await engine.open()
-    sandbox = await engine.create(SandboxSpec(runtime=sys.argv[1], timeout=float(sys.argv[2])))
-    await engine.exec(sandbox.id, ["sh", "-c", "echo kept > /tmp/state"])
+    command = tuple(sys.argv[3:])
+    spec = SandboxSpec(runtime=sys.argv[1], timeout=float(sys.argv[2]), command=command)
+    sandbox = await engine.create(spec)
+    if command:
+        async for entry in engine.logs(sandbox.id, follow=True):
+            break  # the main command has started writing
+    else:
+        await engine.exec(sandbox.id, ["sh", "-c", "echo kept > /tmp/state"])
     print(sandbox.id, flush=True)
     await asyncio.sleep(3600)
 
@@ -87,10 +93,10 @@ asyncio.run(main())
 
 
 def _engine_process_with_idle_sandbox(
-    runtime: str, timeout: float
+    runtime: str, timeout: float, *command: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", ENGINE_THAT_DIES, runtime, str(timeout)],
+        [sys.executable, "-c", ENGINE_THAT_DIES, runtime, str(timeout), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -143,3 +149,18 @@ async def test_engine_closing_without_kill_leaves_sandbox_for_the_next(runtime: 
     finally:
         await second.close()
     assert second.sandboxes.get(sandbox.id).state == SandboxState.KILLED
+
+
+async def test_main_command_survives_the_engine_and_is_reattached(runtime: str) -> None:
+    script = "echo before; sleep 3; echo after; exit 7"
+    _, sid = _engine_process_with_idle_sandbox(runtime, 120, "sh", "-c", script)
+    engine = Engine(adopt=True)
+    await engine.open()
+    try:
+        assert sid in engine.running_ids()
+        final = await asyncio.wait_for(engine.wait(sid), timeout=30)
+        assert (final.state, final.exit_code) == (SandboxState.EXITED, 7)
+        output = b"".join(e.data for e in [e async for e in engine.logs(sid)])
+        assert output == b"before\nafter\n"
+    finally:
+        await engine.close()

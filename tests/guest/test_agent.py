@@ -493,3 +493,127 @@ def test_frame_decoder_roundtrip() -> None:
     assert got == frames and dec.pending == 0
     with pytest.raises(protocol.ProtocolError):
         protocol.FrameDecoder().feed(protocol.HEADER_STRUCT.pack(2, protocol.MAX_BODY + 1))
+
+
+# -- the main command: detached, journaled, re-attachable ---------------------------------------
+
+
+def _raw_attach(sock: str, after: int) -> list[protocol.Frame]:
+    """All frames of one `attach` (the main command must have ended: nothing blocks)."""
+    frames: list[protocol.Frame] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(sock)
+        protocol.send_frame(s, {"op": "attach", "after": after})
+        while (frame := protocol.recv_frame(s)) is not None:
+            frames.append(frame)
+    return frames
+
+
+async def test_main_command_survives_detach_and_replays(agent: Running) -> None:
+    c = agent.client
+    status = await c.main_status()
+    assert status == {
+        "type": "main",
+        "started": False,
+        "pid": None,
+        "running": False,
+        "exit_code": None,
+        "signal": None,
+        "last_seq": 0,
+    }
+    with pytest.raises(NotFoundError):
+        await c.attach()
+    await c.start_main(["sh", "-c", "echo a; sleep 1; echo b; exit 3"])
+    with pytest.raises(InvalidRequestError, match="already"):
+        await c.start_main(["echo", "second"])
+
+    got_a: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_output(seq: int, stream: str, data: bytes) -> None:
+        assert (stream, data) == ("stdout", b"a\n")
+        got_a.set_result(seq)
+
+    detached = asyncio.create_task(c.attach(on_output=on_output))
+    # Two more attachers at once, following to the end.
+    followers = [asyncio.create_task(c.attach()) for _ in range(2)]
+    seq_a = await asyncio.wait_for(got_a, 5)
+    detached.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await detached
+    status = await c.main_status()
+    assert status["started"] and status["running"] and status["last_seq"] == seq_a
+    pid = status["pid"]
+    assert isinstance(pid, int) and _alive(pid), "the main command died with its client"
+
+    seen: list[tuple[int, str, bytes]] = []
+
+    async def collect(seq: int, stream: str, data: bytes) -> None:
+        seen.append((seq, stream, data))
+
+    r = await asyncio.wait_for(c.attach(after=seq_a, on_output=collect), 5)
+    assert seen == [(seq_a + 1, "stdout", b"b\n")]
+    assert (r.exit_code, r.signal, r.stdout, r.stderr) == (3, None, b"", b"")
+    for r in await asyncio.wait_for(asyncio.gather(*followers), 5):
+        assert (r.exit_code, r.stdout, r.stderr) == (3, b"a\nb\n", b"")
+
+    # After the end: a full replay plus the exit, immediately.
+    r = await asyncio.wait_for(c.attach(), 2)
+    assert (r.exit_code, r.stdout) == (3, b"a\nb\n")
+    frames = await asyncio.to_thread(_raw_attach, agent.sock, seq_a)
+    assert frames == [
+        ({"type": "stdout", "seq": seq_a + 1}, b"b\n"),
+        ({"type": "exit", "seq": seq_a + 2, "exit_code": 3, "signal": None}, b""),
+    ]
+    status = await c.main_status()
+    assert status == {
+        "type": "main",
+        "started": True,
+        "pid": pid,
+        "running": False,
+        "exit_code": 3,
+        "signal": None,
+        "last_seq": seq_a + 2,
+    }
+
+
+async def test_main_command_journal_cap_reports_gap(tmp_path: Path, sockdir: str) -> None:
+    running = _start_agent(tmp_path, sockdir, "--journal-bytes", "100")
+    try:
+        c = running.client
+        script = "i=1; while [ $i -le 30 ]; do echo line-$i; sleep 0.01; i=$((i+1)); done"
+        await c.start_main(["sh", "-c", script, "sh"])
+        live = await asyncio.wait_for(c.attach(), 10)  # attached from the start: sees all
+        full = b"".join(f"line-{i}\n".encode() for i in range(1, 31))
+        assert (live.exit_code, live.stdout) == (0, full)
+        r = await asyncio.wait_for(c.attach(), 2)  # attached after the end: only the tail
+        assert r.exit_code == 0
+        assert r.stdout and full.endswith(r.stdout) and len(r.stdout) <= 100
+
+        frames = await asyncio.to_thread(_raw_attach, running.sock, 0)
+        gap, *records, (exit_header, _) = frames
+        first = gap[0]["first"]
+        assert gap[0] == {"type": "gap", "first": first} and first > 1
+        assert [h["seq"] for h, _ in records] == list(range(first, first + len(records)))
+        assert b"".join(body for _, body in records) == r.stdout
+        assert exit_header["exit_code"] == 0 and exit_header["seq"] == first + len(records)
+        # Nothing after `first - 1` was dropped: no gap frame.
+        frames = await asyncio.to_thread(_raw_attach, running.sock, first - 1)
+        assert frames[0][0]["type"] == "stdout" and frames[0][0]["seq"] == first
+        assert (await c.main_status())["last_seq"] == exit_header["seq"]
+    finally:
+        running.proc.terminate()
+        assert running.proc.wait(10) == 0
+
+
+async def test_main_command_not_found(agent: Running) -> None:
+    c = agent.client
+    await c.start_main(["definitely-not-a-command-xyz"])
+    r = await asyncio.wait_for(c.attach(), 5)
+    assert r.exit_code == 127
+    assert r.stderr == b"tartarus: definitely-not-a-command-xyz: command not found\n"
+    status = await c.main_status()
+    assert status["started"] and status["pid"] is None and not status["running"]
+    assert status["exit_code"] == 127
+    with pytest.raises(InvalidRequestError):
+        await c.start_main(["echo", "again"])

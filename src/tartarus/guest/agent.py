@@ -8,10 +8,16 @@ stdlib-only and runs on Python >= 3.9 because it is bind-mounted into arbitrary 
 Started as::
 
     python3 -I -S /.tartarus/guest/agent.py --fd 3 [--deadline EPOCH] [--env-file PATH]
-        [--workdir DIR]
+        [--workdir DIR] [--journal-bytes N]
 
 (`--listen PATH` instead of `--fd` makes it bind the socket itself; used by tests.) The default
 cwd of commands and interpreters is `--workdir`, else the agent's own cwd.
+
+The main command (op `main`, once per agent) differs from `exec`: it is not tied to the
+connection that started it. The agent reads its output into a bounded journal of numbered
+records (`--journal-bytes`), and any number of `attach` connections replay records after a
+given seq, follow live output and get the exit record, so the host can restart and re-attach
+without killing the command or losing its output.
 
 Reaping: every process we spawn is a `subprocess.Popen` whose status is collected by a dedicated
 waiter thread (`Popen.wait`). Orphans re-parented to us are reaped by the main loop, which only
@@ -57,6 +63,8 @@ STDIN_HIGH_WATER = 1 << 20  # stop reading the client while this much stdin is u
 INTERRUPT_GRACE = 2.0  # after a client left mid-run_code: SIGINT, then kill after this long
 EXIT_DEADLINE = 124
 REQUEST_TIMEOUT = 60.0  # for the first frame of a connection
+DEFAULT_JOURNAL_BYTES = 16 << 20  # output of the main command kept for (re-)attaching clients
+ATTACH_BATCH = 1 << 20  # journal bytes copied out per lock hold while replaying
 
 
 def log(message: str) -> None:
@@ -355,6 +363,187 @@ class Interpreter:
             )
 
 
+class MainCommand:
+    """The sandbox's main command: started once, output journaled, survives client disconnects.
+
+    A dedicated reader thread moves the process's stdout/stderr into an in-memory journal of
+    records `(seq, stream, bytes)`, so output is kept while no host is attached and any number of
+    `attach` clients can replay it and follow it live. The oldest records are dropped once the
+    kept bytes exceed `limit`. When the process has ended (plus EXIT_GRACE for late output) an
+    exit record with the next seq is appended. Nothing here is tied to a client connection.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.lock = threading.Lock()
+        self.pid: int | None = None
+        self._records: list[tuple[int, str, bytes]] = []
+        self._head = 0  # index of the first kept record in `_records`
+        self._kept_bytes = 0
+        self.first_kept = 1  # seq of the oldest record still kept (last_seq + 1 if none)
+        self.last_seq = 0
+        self.exit: dict[str, Any] | None = None  # the exit record once ended
+        self._waiters: set[int] = set()  # write ends of attachers' wake pipes
+
+    # -- writer side (the reader thread, or the spawn-failure path) ---------------------------
+
+    def _wake(self) -> None:
+        """Under `lock`: poke every attacher (a full pipe means it is awake already)."""
+        for fd in self._waiters:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"x")
+
+    def append(self, stream: str, data: bytes) -> None:
+        if not data:
+            return
+        with self.lock:
+            self.last_seq += 1
+            self._records.append((self.last_seq, stream, data))
+            self._kept_bytes += len(data)
+            while self._kept_bytes > self.limit and self._head < len(self._records):
+                self._kept_bytes -= len(self._records[self._head][2])
+                self._head += 1
+            if self._head > 64 and self._head * 2 > len(self._records):
+                del self._records[: self._head]
+                self._head = 0
+            kept = len(self._records) - self._head
+            self.first_kept = self.last_seq + 1 - kept
+            self._wake()
+
+    def finish(self, exit_code: int | None, sig: int | None) -> None:
+        with self.lock:
+            if self.exit is not None:
+                return
+            self.last_seq += 1
+            self.exit = {
+                "type": "exit",
+                "seq": self.last_seq,
+                "exit_code": exit_code,
+                "signal": sig,
+            }
+            self._wake()
+
+    def pump(self, child: Child) -> None:
+        """Reader thread body: journal the child's output until it ended, then the exit."""
+        exit_code: int | None = None
+        sig: int | None = None
+        try:
+            proc = child.proc
+            assert proc.stdout is not None and proc.stderr is not None
+            sel = selectors.DefaultSelector()
+            try:
+                open_outs = 0
+                for stream, kind in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+                    os.set_blocking(stream.fileno(), False)
+                    sel.register(stream.fileno(), selectors.EVENT_READ, kind)
+                    open_outs += 1
+                sel.register(child.exit_fd, selectors.EVENT_READ, "exit")
+                exited_at: float | None = None
+                while True:
+                    now = time.monotonic()
+                    if exited_at is not None and (open_outs == 0 or now - exited_at >= EXIT_GRACE):
+                        break
+                    wait = None if exited_at is None else max(0.0, exited_at + EXIT_GRACE - now)
+                    for key, _ in sel.select(wait):
+                        if key.data == "exit":
+                            sel.unregister(child.exit_fd)
+                            exited_at = time.monotonic()
+                            continue
+                        try:
+                            data = os.read(key.fd, protocol.CHUNK_SIZE)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        if not data:
+                            sel.unregister(key.fd)
+                            open_outs -= 1
+                            continue
+                        self.append(key.data, data)
+            finally:
+                sel.close()
+            child.exited.wait()
+            exit_code, sig = _returncode_fields(proc.returncode)
+        except Exception as exc:
+            log(f"the main command's reader failed: {type(exc).__name__}: {exc}")
+            child.kill_group()
+            child.exited.wait()
+            exit_code, sig = _returncode_fields(child.proc.returncode)
+        finally:
+            self.finish(exit_code, sig)
+            child.close()
+
+    # -- reader side ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            ended = self.exit
+            return {
+                "type": "main",
+                "started": True,
+                "pid": self.pid,
+                "running": ended is None,
+                "exit_code": ended["exit_code"] if ended else None,
+                "signal": ended["signal"] if ended else None,
+                "last_seq": self.last_seq,
+            }
+
+    def _next(self, cursor: int) -> tuple[int | None, list[tuple[int, str, bytes]], Any]:
+        """Under `lock`: (gap first seq or None, records after cursor, exit record or None)."""
+        gap = self.first_kept if cursor + 1 < self.first_kept else None
+        start = max(cursor + 1, self.first_kept)
+        index = self._head + (start - self.first_kept)
+        batch: list[tuple[int, str, bytes]] = []
+        size = 0
+        while index < len(self._records) and size < ATTACH_BATCH:
+            batch.append(self._records[index])
+            size += len(self._records[index][2])
+            index += 1
+        return gap, batch, self.exit
+
+    def attach(self, conn: socket.socket, after: int) -> None:
+        """Replay records with seq > after, follow live, end with the exit frame."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        sel = selectors.DefaultSelector()
+        with self.lock:
+            self._waiters.add(wake_w)
+        try:
+            sel.register(conn, selectors.EVENT_READ, "client")
+            sel.register(wake_r, selectors.EVENT_READ, "wake")
+            cursor = after
+            while True:
+                with self.lock:
+                    gap, batch, ended = self._next(cursor)
+                if gap is not None:
+                    protocol.send_frame(conn, {"type": "gap", "first": gap})
+                    cursor = gap - 1
+                for seq, stream, data in batch:
+                    protocol.send_frame(conn, {"type": stream, "seq": seq}, data)
+                    cursor = seq
+                if batch or gap is not None:
+                    continue
+                if ended is not None:
+                    protocol.send_frame(conn, ended)
+                    return
+                for key, _ in sel.select():
+                    if key.data == "wake":
+                        _drain(wake_r)
+                    else:
+                        try:
+                            data = conn.recv(65536)
+                        except OSError:
+                            data = b""
+                        if not data:
+                            raise ClientGone()
+                        # Nothing is expected from an attached client: ignore it.
+        finally:
+            with self.lock:
+                self._waiters.discard(wake_w)
+            sel.close()
+            os.close(wake_r)
+            os.close(wake_w)
+
+
 class Agent:
     def __init__(
         self,
@@ -362,6 +551,7 @@ class Agent:
         workdir: str,
         deadline: float | None,
         python: str,
+        journal_bytes: int = DEFAULT_JOURNAL_BYTES,
     ) -> None:
         self.base_env = base_env
         self.workdir = workdir
@@ -373,6 +563,9 @@ class Agent:
         self.contexts_lock = threading.Lock()
         self.stopping = False
         self.stop_reason: str | None = None
+        self.journal_bytes = journal_bytes
+        self.main: MainCommand | None = None
+        self.main_lock = threading.Lock()  # serializes `main` requests: one main command ever
         self.ops: dict[str, Callable[[socket.socket, dict[str, Any]], None]] = {
             "ping": self.op_ping,
             "deadline": self.op_deadline,
@@ -382,6 +575,9 @@ class Agent:
             "list": self.op_list,
             "remove": self.op_remove,
             "run_code": self.op_run_code,
+            "main": self.op_main,
+            "attach": self.op_attach,
+            "main_status": self.op_main_status,
         }
 
     # -- processes ---------------------------------------------------------------------------
@@ -625,7 +821,8 @@ class Agent:
         self.deadline = float(value) if value is not None else None
         protocol.send_frame(conn, {"type": "ok"})
 
-    def op_exec(self, conn: socket.socket, req: dict[str, Any]) -> None:
+    @staticmethod
+    def _argv(req: dict[str, Any]) -> list[str]:
         argv = req.get("argv")
         if (
             not isinstance(argv, list)
@@ -633,6 +830,19 @@ class Agent:
             or not all(isinstance(a, str) and "\0" not in a for a in argv)
         ):
             raise RequestError("invalid", "argv must be a non-empty list of strings")
+        return argv
+
+    @staticmethod
+    def _spawn_failure(argv: list[str], exc: OSError) -> tuple[int, bytes]:
+        """Exit code and stderr text for a command that could not be started (like a shell)."""
+        if isinstance(exc, FileNotFoundError):
+            exit_code, message = 127, "command not found"
+        else:
+            exit_code, message = 126, (exc.strerror or str(exc)).lower()
+        return exit_code, f"tartarus: {argv[0]}: {message}\n".encode()
+
+    def op_exec(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        argv = self._argv(req)
         env = self._env(req.get("env"))
         cwd = self._cwd(req.get("cwd"))
         timeout = self._timeout(req.get("timeout"))
@@ -643,13 +853,8 @@ class Agent:
         except OSError as exc:
             if exc.filename == cwd:
                 raise os_error(exc, cwd) from None
-            if isinstance(exc, FileNotFoundError):
-                exit_code, message = 127, "command not found"
-            else:
-                exit_code, message = 126, (exc.strerror or str(exc)).lower()
-            protocol.send_frame(
-                conn, {"type": "stderr"}, f"tartarus: {argv[0]}: {message}\n".encode()
-            )
+            exit_code, text = self._spawn_failure(argv, exc)
+            protocol.send_frame(conn, {"type": "stderr"}, text)
             protocol.send_frame(
                 conn, {"type": "exit", "exit_code": exit_code, "signal": None, "timed_out": False}
             )
@@ -787,6 +992,59 @@ class Agent:
             "signal": sig,
             "timed_out": timed_out and sig is not None,
         }
+
+    def op_main(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        """Start the main command once, detached from this connection; answer `started`."""
+        argv = self._argv(req)
+        env = self._env(req.get("env"))
+        cwd = self._cwd(req.get("cwd"))
+        if req.get("stdin"):
+            raise RequestError("invalid", "the main command cannot take stdin")
+        with self.main_lock:
+            if self.main is not None:
+                raise RequestError("invalid", "the main command was already started")
+            main = MainCommand(self.journal_bytes)
+            try:
+                child = self.spawn(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                if exc.filename == cwd:
+                    raise os_error(exc, cwd) from None
+                exit_code, text = self._spawn_failure(argv, exc)
+                main.append("stderr", text)
+                main.finish(exit_code, None)
+                self.main = main
+            else:
+                main.pid = child.pid
+                self.main = main
+                threading.Thread(target=main.pump, args=(child,), daemon=True).start()
+        protocol.send_frame(conn, {"type": "started", "pid": main.pid})
+
+    def op_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        after = req.get("after", 0)
+        if after is None:
+            after = 0
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise RequestError("invalid", "after must be a non-negative integer")
+        main = self.main
+        if main is None:
+            raise RequestError("not_found", "no main command was started")
+        main.attach(conn, after)
+
+    def op_main_status(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        main = self.main
+        if main is None:
+            status: dict[str, Any] = {
+                "type": "main",
+                "started": False,
+                "pid": None,
+                "running": False,
+                "exit_code": None,
+                "signal": None,
+                "last_seq": 0,
+            }
+        else:
+            status = main.status()
+        protocol.send_frame(conn, status)
 
     def op_read(self, conn: socket.socket, req: dict[str, Any]) -> None:
         path = self._path(req)
@@ -980,6 +1238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, help="epoch seconds; kill all and exit 124")
     parser.add_argument("--env-file", help="JSON object: the base environment for commands")
     parser.add_argument("--workdir", help="default cwd for commands (default: our cwd)")
+    parser.add_argument(
+        "--journal-bytes",
+        type=int,
+        default=DEFAULT_JOURNAL_BYTES,
+        help="output of the main command kept in memory for attaching clients",
+    )
     args = parser.parse_args(argv)
 
     workdir = os.path.abspath(args.workdir or os.getcwd())
@@ -998,7 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
         listener.listen(128)
     listener.set_inheritable(False)
     _become_subreaper()
-    agent = Agent(base_env, workdir, args.deadline, sys.executable or "python3")
+    agent = Agent(base_env, workdir, args.deadline, sys.executable or "python3", args.journal_bytes)
     rc = agent.serve(listener)
     listener.close()
     if args.listen:

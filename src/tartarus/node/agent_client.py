@@ -34,6 +34,8 @@ from tartarus.guest.protocol import (
 from tartarus.models import ExecResult
 
 OutputCallback = Callable[[bytes], Awaitable[None] | None]
+# Output of the main command: (seq, "stdout" | "stderr", data).
+MainOutputCallback = Callable[[int, str, bytes], Awaitable[None] | None]
 Frame = tuple[dict[str, Any], bytes]
 
 WRITE_CHUNK = 1 << 20
@@ -224,6 +226,87 @@ class AgentClient:
                     await conn.send({"type": "stdin"}, bytes(chunk[i : i + WRITE_CHUNK]))
         await conn.send({"type": "stdin_eof"})
 
+    @staticmethod
+    def _exit_result(header: dict[str, Any], out: bytes, err: bytes) -> ExecResult:
+        sig = header.get("signal")
+        exit_code = header.get("exit_code")
+        if isinstance(sig, int):
+            exit_code = 128 + sig
+        if not isinstance(exit_code, int):
+            raise AgentError("exit frame without an exit code or signal")
+        return ExecResult(
+            exit_code=exit_code,
+            stdout=out,
+            stderr=err,
+            signal=sig if isinstance(sig, int) else None,
+            timed_out=bool(header.get("timed_out")),
+        )
+
+    async def start_main(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        """Start the sandbox's main command (once per agent) detached from this connection.
+
+        Its output is journaled by the agent; follow it with `attach`. A command that cannot
+        be started still counts as started: its journal holds the error and exit 127/126.
+        """
+        request = {"op": "main", "argv": list(argv), "env": env or {}, "cwd": cwd, "stdin": False}
+        conn = await self._request(request)
+        try:
+            header, _ = await conn.recv()
+            self._expect(header, "started")
+        finally:
+            await conn.close()
+
+    async def attach(
+        self, after: int = 0, on_output: MainOutputCallback | None = None
+    ) -> ExecResult:
+        """Replay the main command's output after seq `after`, follow it, return its result.
+
+        Without `on_output` the output is collected into the result. Cancelling only detaches:
+        the command keeps running. Raises NotFoundError if no main command was started and
+        AgentError if the connection drops.
+        """
+        conn = await self._request({"op": "attach", "after": after})
+        out = bytearray()
+        err = bytearray()
+        try:
+            while True:
+                header, body = await conn.recv()
+                kind = self._expect(header, "stdout", "stderr", "gap", "exit")
+                if kind == "exit":
+                    return self._exit_result(header, bytes(out), bytes(err))
+                if kind == "gap":
+                    continue  # older records were dropped; the seq jump shows it
+                seq = header.get("seq")
+                if not isinstance(seq, int):
+                    raise AgentError(f"{kind} frame without a seq from the guest agent")
+                if on_output is not None:
+                    result = on_output(seq, kind, body)
+                    if inspect.isawaitable(result):
+                        await result
+                elif kind == "stdout":
+                    out += body
+                else:
+                    err += body
+        finally:
+            await conn.close()
+
+    async def main_status(self) -> dict[str, Any]:
+        """The main command's state: the agent's `main` frame (started, pid, running,
+        exit_code, signal, last_seq)."""
+        conn = await self._request({"op": "main_status"})
+        try:
+            header, _ = await conn.recv()
+            self._expect(header, "main")
+            return header
+        finally:
+            await conn.close()
+
     async def _exec_frames(
         self,
         conn: _Connection,
@@ -246,19 +329,7 @@ class AgentClient:
                 else:
                     err += body
             elif kind == "exit":
-                sig = header.get("signal")
-                exit_code = header.get("exit_code")
-                if isinstance(sig, int):
-                    exit_code = 128 + sig
-                if not isinstance(exit_code, int):
-                    raise AgentError("exit frame without an exit code or signal")
-                return ExecResult(
-                    exit_code=exit_code,
-                    stdout=bytes(out),
-                    stderr=bytes(err),
-                    signal=sig if isinstance(sig, int) else None,
-                    timed_out=bool(header.get("timed_out")),
-                )
+                return self._exit_result(header, bytes(out), bytes(err))
 
     async def read_file(self, path: str) -> bytes:
         conn = await self._request({"op": "read", "path": path})

@@ -44,7 +44,7 @@ from tartarus.models import (
 )
 from tartarus.node import cgroups, guestfiles, logs, owners
 from tartarus.node.agent_client import AgentClient, OutputCallback
-from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO, tee
+from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO
 from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
 from tartarus.runtimes import hostns, reaper
@@ -239,7 +239,7 @@ class Engine:
             listener.close()  # the container holds its own copy
         timings["runtime"] = _ms(t0)
 
-    async def _supervise(self, live: LiveSandbox, io: MainIO) -> None:
+    async def _supervise(self, live: LiveSandbox, io: MainIO, *, resume: bool = False) -> None:
         spec = live.sandbox.spec
         waiters: set[asyncio.Future[Any]] = set()
         main: asyncio.Task[ExecResult] | None = None
@@ -248,13 +248,14 @@ class Engine:
         if spec.command:
             live.output = OutputLog(self.settings.logs_dir / f"{live.sandbox.id}.jsonl")
             main = asyncio.create_task(
-                live.exec(
+                live.run_main(
                     list(spec.command),
                     env=live.env,
                     cwd=live.workdir,
                     stdin=io.stdin,
-                    on_stdout=tee(live.output, "stdout", io.on_stdout),
-                    on_stderr=tee(live.output, "stderr", io.on_stderr),
+                    on_stdout=io.on_stdout,
+                    on_stderr=io.on_stderr,
+                    resume=resume,
                 )
             )
             waiters.add(main)
@@ -365,9 +366,13 @@ class Engine:
             live.done.set()
 
     async def readopt(self, sandbox: Sandbox) -> bool:
-        """Supervise again a running, idle sandbox whose engine died; False if it cannot be."""
+        """Supervise again a running sandbox whose engine died; False if it cannot be.
+
+        A main command is re-attached when it runs detached in the guest; one that was an
+        ordinary exec (stdin fed by the dead engine) died with its connection.
+        """
         runtime = self.runtimes.runtimes.get(sandbox.runtime)
-        if sandbox.state != SandboxState.RUNNING or sandbox.spec.command or runtime is None:
+        if sandbox.state != SandboxState.RUNNING or runtime is None:
             return False
         if await runtime.status(sandbox.id) != ContainerStatus.RUNNING:
             return False
@@ -387,10 +392,15 @@ class Engine:
             live.init_pid = int((directory / "bundle" / "init.pid").read_text())
         try:
             await asyncio.wait_for(live.client.ping(), timeout=2.0)
+            if sandbox.spec.command:
+                status = await asyncio.wait_for(live.client.main_status(), timeout=2.0)
+                if not status.get("started"):
+                    return False
         except (AgentError, TimeoutError):
             return False
         self._live[sandbox.id] = live
-        live.task = asyncio.create_task(self._supervise(live, MainIO()))
+        resume = bool(sandbox.spec.command)
+        live.task = asyncio.create_task(self._supervise(live, MainIO(), resume=resume))
         log.info("re-adopted sandbox", sandbox=sandbox.id)
         return True
 

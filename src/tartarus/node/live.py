@@ -48,6 +48,48 @@ class LiveSandbox:
             )
         return AgentClient(str(self.socket_path))
 
+    async def run_main(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        stdin: AsyncIterator[bytes] | None,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+        resume: bool = False,
+    ) -> ExecResult:
+        """The main command, its output recorded in `self.output`.
+
+        With the guest agent and no stdin to feed, it runs detached in the guest: it outlives
+        this engine, and a re-adopting engine re-attaches (`resume`) after the last entry it
+        logged. Otherwise (stdin, or no python3 in the image) it is an ordinary exec.
+        """
+        assert self.output is not None
+        output = self.output
+        if stdin is not None or not self.has_agent:
+            return await self.exec(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                on_stdout=tee(output, "stdout", on_stdout),
+                on_stderr=tee(output, "stderr", on_stderr),
+            )
+        client = self.client
+        if not resume:
+            await client.start_main(argv, env=env, cwd=cwd)
+
+        async def record(seq: int, stream: str, data: bytes) -> None:
+            output.append(stream, data, seq=seq)
+            callback = on_stdout if stream == "stdout" else on_stderr
+            if callback is not None:
+                result = callback(data)
+                if result is not None:
+                    await result
+
+        return await client.attach(output.last_seq, on_output=record)
+
     async def exec(
         self,
         argv: list[str],

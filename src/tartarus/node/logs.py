@@ -28,11 +28,16 @@ class LogEntry(NamedTuple):
 class OutputLog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seq = 0
+        self._seq = _last_seq(path)  # a re-adopted sandbox's log continues where it stopped
         self._appended = asyncio.Event()
 
-    def append(self, stream: str, data: bytes) -> None:
-        self._seq += 1
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def append(self, stream: str, data: bytes, seq: int | None = None) -> None:
+        """Append an entry; `seq` is the guest journal's number when the output came from it."""
+        self._seq = seq if seq is not None else self._seq + 1
         line = {"seq": self._seq, "stream": stream, "data": base64.b64encode(data).decode()}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -74,3 +79,17 @@ async def read(
             await live.wait(POLL_S)
         else:
             await asyncio.sleep(POLL_S)
+
+
+def _last_seq(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return 0
+    for raw in reversed(lines):
+        try:
+            return int(json.loads(raw)["seq"])
+        except (ValueError, KeyError):
+            continue
+    return 0

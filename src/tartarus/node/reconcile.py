@@ -2,12 +2,11 @@
 
 A sandbox whose owning engine process is gone is claimed (atomically, so two engines never
 act on the same one) and then either re-adopted or reaped. An engine opened with
-`adopt=True` (a long-running server) re-adopts a running sandbox without a main command
-whose guest agent still answers: it supervises it again with the time it has left. Anything
-else is reaped: the container killed and deleted, the layer and cgroups removed, the record
-ended as failed with the reason. (A main command's output stream cannot be re-attached, and
-the embedded CLI engine ends with the `run` that wanted it.) Containers in our runtime roots
-and sandbox directories that no record accounts for are removed too.
+`adopt=True` re-adopts a running sandbox whose guest agent still answers: it supervises it
+again with the time it has left and re-attaches its main command, which the guest kept
+running and journalling. Anything else is reaped: the container killed and deleted, the
+layer and cgroups removed, the record ended as failed with the reason. Containers in our
+runtime roots and sandbox directories that no record accounts for are removed too.
 """
 
 from __future__ import annotations
