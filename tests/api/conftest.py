@@ -62,6 +62,7 @@ class ApiServer:
     port: int = field(default_factory=_free_port)
     admin_key: str = ""
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of os.environ
 
     @property
     def url(self) -> str:
@@ -92,6 +93,7 @@ class ApiServer:
                     "warning",
                 ],
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=log,
             )
@@ -163,11 +165,21 @@ def new_state_dir() -> Path:
     return path
 
 
+# The shared server keeps the default grace for disconnected execs (30 s): clients kill a
+# command explicitly (DELETE .../exec/{id}). test_exec_resume.py runs its own server with a
+# short grace to test the expiry.
+SHARED_SERVER_ENV: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[ApiServer]:
+    yield from run_server(SHARED_SERVER_ENV)
+
+
+def run_server(env: dict[str, str]) -> Iterator[ApiServer]:
     # a server's sandbox inits outlive it (by design); as their subreaper we can reap them
     reaper.become_subreaper()
-    server = ApiServer(new_state_dir())
+    server = ApiServer(new_state_dir(), env=env)
     try:
         server.start()
         yield server

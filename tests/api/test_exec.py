@@ -26,6 +26,8 @@ def test_exec_streams_output_and_exit(http_a: httpx2.Client, sandbox_a: dict[str
     assert output(events, "stderr") == b"err\n"
     assert events[-1].event == "exit"
     assert events[-1].data == {"exit_code": 0, "signal": None, "timed_out": False}
+    assert events[0].event == "started"
+    assert events[0].data["exec_id"].startswith("ex-")
     ids = [int(e.id or 0) for e in events]
     assert ids == list(range(1, len(events) + 1))
 
@@ -59,15 +61,22 @@ def test_exec_timeout_and_bad_input(http_a: httpx2.Client, sandbox_a: dict[str, 
     assert "stdin" in msg
 
 
-def test_exec_disconnect_kills_command(http_a: httpx2.Client, sandbox_a: dict[str, Any]) -> None:
+def test_exec_delete_kills_a_disconnected_command(
+    http_a: httpx2.Client, sandbox_a: dict[str, Any]
+) -> None:
+    """A dropped stream leaves the command running for a reconnect (test_exec_resume.py);
+    DELETE on the exec kills it at once."""
     sid = sandbox_a["id"]
     script = "echo started; exec sleep 1234"
     with http_a.stream(
         "POST", f"/v1/sandboxes/{sid}/exec", json={"command": ["sh", "-c", script]}
     ) as resp:
-        first = next(sse_events(resp))
-        assert first.event == "stdout"
-    # the client went away: the command must be gone soon after
+        events = sse_events(resp)
+        started = next(events)
+        assert started.event == "started"
+        exec_id = started.data["exec_id"]
+        assert next(events).event == "stdout"
+    assert http_a.delete(f"/v1/sandboxes/{sid}/exec/{exec_id}").status_code == 204
     probe = (
         "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
         " | grep -c '^sleep 1234' || true"
@@ -77,7 +86,7 @@ def test_exec_disconnect_kills_command(http_a: httpx2.Client, sandbox_a: dict[st
         events = _exec(http_a, sid, command=["sh", "-c", probe])
         if output(events, "stdout").strip() == b"0":
             break
-        assert time.monotonic() < deadline, "the exec survived the client's disconnect"
+        assert time.monotonic() < deadline, "the exec survived its DELETE"
         time.sleep(0.2)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tartarus.api.execs import ExecRegistry
 from tartarus.api.metrics import Metrics
 from tartarus.config import Settings
 from tartarus.node.engine import Engine
@@ -19,6 +20,7 @@ class Context:
     settings: Settings
     auth: AuthStore
     metrics: Metrics
+    execs: ExecRegistry = field(default_factory=ExecRegistry)
 
 
 def get_context(request: Request) -> Context:

@@ -6,6 +6,8 @@ counting while reading, since a chunked upload has no length to trust.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,6 +17,7 @@ from tartarus.api.context import Ctx
 from tartarus.api.errors import ApiError
 from tartarus.api.sandboxes import Running
 from tartarus.api.schemas import ErrorBody, FileEntry, FileList, FileWritten
+from tartarus.errors import AgentError
 
 router = APIRouter(
     prefix="/v1/sandboxes/{sandbox_id}/files",
@@ -27,6 +30,25 @@ MAX_UPLOAD = 64 * 1024 * 1024
 PathQuery = Annotated[
     str, Query(min_length=1, max_length=4096, pattern=r"^/", description="absolute path")
 ]
+
+
+BUSY = "Device or resource busy"  # strerror(EBUSY), as the guest agent reports it
+
+
+@contextlib.contextmanager
+def _busy_is_conflict() -> Iterator[None]:
+    """EBUSY (e.g. removing `/` or a mount point) is the caller's conflict, not a 502.
+
+    The guest agent reports errnos it does not map (EBUSY among them) as `internal`, which
+    the agent client raises as AgentError (502); the proper fix is an EBUSY entry in
+    `tartarus.guest.agent._ERRNO_CODES`. Until then it is recognised here by its strerror.
+    """
+    try:
+        yield
+    except AgentError as exc:
+        if str(exc).startswith("guest agent error:") and str(exc).endswith(BUSY):
+            raise ApiError(409, str(exc).removeprefix("guest agent error: ")) from None
+        raise
 
 
 def _too_large() -> ApiError:
@@ -63,7 +85,8 @@ async def put_file(
     request: Request, path: PathQuery, sandbox: Running, who: Caller, ctx: Ctx
 ) -> FileWritten:
     data = await _read_body(request)
-    size = await ctx.engine.agent(sandbox.id, tenant=who.tenant).write_file(path, data)
+    with _busy_is_conflict():
+        size = await ctx.engine.agent(sandbox.id, tenant=who.tenant).write_file(path, data)
     return FileWritten(path=path, size=size)
 
 
@@ -91,5 +114,8 @@ async def delete_file(
     ctx: Ctx,
     recursive: bool = False,
 ) -> Response:
-    await ctx.engine.agent(sandbox.id, tenant=who.tenant).remove(path, recursive=recursive)
+    if path.rstrip("/") == "":
+        raise ApiError(400, "cannot delete the root directory")
+    with _busy_is_conflict():
+        await ctx.engine.agent(sandbox.id, tenant=who.tenant).remove(path, recursive=recursive)
     return Response(status_code=204)

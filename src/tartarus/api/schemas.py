@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tartarus.models import Resources, Sandbox, SandboxState
 
+# Longer is no use, and far longer overflows clocks and poll timeouts in the engine and the
+# guest (schemathesis found code timeouts of 2.4e16 s and of 1.1e7 s answered with a 502:
+# "timestamp too large", "timeout is too large"; poll() takes int32 milliseconds: 24.8 days).
+MAX_TIMEOUT_S = 365 * 24 * 3600.0  # a sandbox's lifetime
+MAX_COMMAND_TIMEOUT_S = 24 * 3600.0  # one exec or code cell
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -27,20 +33,20 @@ class CreateSandbox(_In):
     memory_mb: int | None = None
     pids: int | None = None
     disk_mb: int | None = None
-    timeout: float = Field(300.0, gt=0, description="wall-clock seconds")
+    timeout: float = Field(300.0, gt=0, le=MAX_TIMEOUT_S, description="wall-clock seconds")
     runtime: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class SetTimeout(_In):
-    timeout: float = Field(gt=0, description="seconds from now")
+    timeout: float = Field(gt=0, le=MAX_TIMEOUT_S, description="seconds from now")
 
 
 class ExecRequest(_In):
     command: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_COMMAND_TIMEOUT_S)
     stdin: str | None = Field(None, description="base64 of the bytes fed to stdin")
 
     @field_validator("stdin")
@@ -60,7 +66,7 @@ class ExecRequest(_In):
 class CodeRequest(_In):
     code: str
     context: str | None = None
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_COMMAND_TIMEOUT_S)
 
 
 class CodeErrorOut(BaseModel):
@@ -241,8 +247,13 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# Explicitly `application/json`, not `"model": ErrorBody`: FastAPI files a model under the
+# route's own media type, which made streaming routes document their JSON errors as
+# `text/event-stream` (found by schemathesis). `ErrorBody` is in the components because a
+# route uses it as a model (files: 413).
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
+    status: {"description": text, "content": ERROR_CONTENT}
     for status, text in (
         (400, "Invalid request"),
         (401, "Missing, malformed, unknown or revoked key"),

@@ -93,14 +93,18 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
         key_file = bootstrap_admin(auth, settings.state_dir)
         if key_file is not None:
             click.echo(f"tartarus: admin key written to {key_file}")
+        app = create_app(engine, settings, auth)
         config = uvicorn.Config(
-            create_app(engine, settings, auth),
+            app,
             host=host,
             port=port,
             log_level=log_level,
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
-        await _Server(config).serve()
+        try:
+            await _Server(config).serve()
+        finally:
+            await app.state.ctx.execs.close()  # running execs end with the server
     finally:
         await engine.close(kill=False)

@@ -193,6 +193,11 @@ def exec_request(
     return Request("POST", _sandbox(sandbox_id, "/exec"), json=body, timeout=NO_READ_LIMIT)
 
 
+def kill_exec(sandbox_id: str, exec_id: str) -> Call[None]:
+    """Kill a running exec at once (a dropped stream would leave it a grace period)."""
+    return Call(Request("DELETE", _sandbox(sandbox_id, f"/exec/{exec_id}")), _nothing)
+
+
 def logs_request(sandbox_id: str, *, follow: bool = False, after: int | None = None) -> Request:
     headers = {"Last-Event-ID": str(after)} if after is not None else {}
     params = [("follow", "true" if follow else "false")]
@@ -234,8 +239,12 @@ class ExecCollector:
         }
         self._text: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._exit: dict[str, Any] | None = None
+        self.exec_id: str | None = None  # from the `started` event: what kill_exec needs
 
     def feed(self, event: ServerEvent) -> object:
+        if event.event == "started":
+            self.exec_id = (event.json() or {}).get("exec_id")
+            return None
         if event.event == "exit":
             self._exit = event.json() or {}
             return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, overload
 
@@ -208,7 +208,12 @@ class AsyncCommands:
         stream = await self._sandbox._client.stream(request)
         collector = _api.ExecCollector(on_stdout, on_stderr)
         if background:
-            return AsyncCommandHandle(stream, collector)
+            sandbox_id, client = self._sandbox.id, self._sandbox._client
+
+            async def kill(exec_id: str) -> None:
+                await client.call(_api.kill_exec(sandbox_id, exec_id))
+
+            return AsyncCommandHandle(stream, collector, kill)
         return await _consume(stream, collector)
 
 
@@ -223,7 +228,14 @@ async def _consume(stream: AsyncEventStream, collector: _api.ExecCollector) -> C
 class AsyncCommandHandle:
     """A command running in the background as a task of the current event loop."""
 
-    def __init__(self, stream: AsyncEventStream, collector: _api.ExecCollector) -> None:
+    def __init__(
+        self,
+        stream: AsyncEventStream,
+        collector: _api.ExecCollector,
+        kill: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._collector = collector
+        self._kill = kill
         self._task = asyncio.ensure_future(_consume(stream, collector))
 
     async def wait(self) -> CommandResult:
@@ -236,9 +248,12 @@ class AsyncCommandHandle:
             raise
 
     async def kill(self) -> bool:
-        """Disconnect, which makes the server kill the command; False if it had ended."""
+        """Kill the command and stop reading; False if it had ended."""
         if self._task.done():
             return False
+        if self._collector.exec_id is not None:
+            with contextlib.suppress(errors.TartarusError):
+                await self._kill(self._collector.exec_id)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, errors.TartarusError):
             await self._task

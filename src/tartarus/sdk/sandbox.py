@@ -3,8 +3,9 @@ async twin in `async_sandbox.py` runs the same descriptions, so the two cannot d
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, overload
 
@@ -217,16 +218,27 @@ class Commands:
         )
         stream = self._sandbox._client.stream(request)
         collector = _api.ExecCollector(on_stdout, on_stderr)
-        handle = CommandHandle(stream, collector)
+        sandbox_id, client = self._sandbox.id, self._sandbox._client
+
+        def kill(exec_id: str) -> None:
+            client.call(_api.kill_exec(sandbox_id, exec_id))
+
+        handle = CommandHandle(stream, collector, kill)
         return handle if background else handle.wait()
 
 
 class CommandHandle:
     """A command running in the background; its output is read on a daemon thread."""
 
-    def __init__(self, stream: EventStream, collector: _api.ExecCollector) -> None:
+    def __init__(
+        self,
+        stream: EventStream,
+        collector: _api.ExecCollector,
+        kill: Callable[[str], None],
+    ) -> None:
         self._stream = stream
         self._collector = collector
+        self._kill = kill
         self._result: CommandResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._consume, name="tartarus-exec", daemon=True)
@@ -254,9 +266,12 @@ class CommandHandle:
         return self._result
 
     def kill(self) -> bool:
-        """Disconnect, which makes the server kill the command; False if it had ended."""
+        """Kill the command and stop reading; False if it had ended."""
         if not self._thread.is_alive():
             return False
+        if self._collector.exec_id is not None:
+            with contextlib.suppress(errors.TartarusError):
+                self._kill(self._collector.exec_id)
         self._stream.abort()
         self._thread.join()
         return True
