@@ -609,7 +609,11 @@ class Agent:
             )
             child = Child(proc)
             self.children[child.pid] = child
-        threading.Thread(target=self._wait_child, args=(child,), daemon=True).start()
+        try:
+            threading.Thread(target=self._wait_child, args=(child,), daemon=True).start()
+        except RuntimeError:  # no thread to wait for it: do not leave it unwatched
+            child.kill_group()
+            raise RequestError("internal", "out of resources in the sandbox") from None
         return child
 
     def _wait_child(self, child: Child) -> None:
@@ -725,7 +729,11 @@ class Agent:
                 log(f"accept failed: {exc}")
                 return
             conn.setblocking(True)
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            try:
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            except RuntimeError as exc:  # out of pids/memory: refuse this one, stay alive
+                log(f"cannot serve a connection: {exc}")
+                conn.close()
 
     def handle(self, conn: socket.socket) -> None:
         op: object = None
@@ -1016,7 +1024,12 @@ class Agent:
             else:
                 main.pid = child.pid
                 self.main = main
-                threading.Thread(target=main.pump, args=(child,), daemon=True).start()
+                try:
+                    threading.Thread(target=main.pump, args=(child,), daemon=True).start()
+                except RuntimeError:  # nobody would read its output: end it, say why
+                    child.kill_group()
+                    main.append("stderr", b"tartarus: out of resources in the sandbox\n")
+                    main.finish(None, signal.SIGKILL)
         protocol.send_frame(conn, {"type": "started", "pid": main.pid})
 
     def op_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tartarus.errors import CapabilityError
+from tartarus.errors import AgentError, CapabilityError
 from tartarus.models import ExecResult, Sandbox
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.logs import OutputLog
@@ -88,7 +88,16 @@ class LiveSandbox:
                 if result is not None:
                     await result
 
-        return await client.attach(output.last_seq, on_output=record)
+        # A broken attach (the guest short of pids or memory, say) does not end the command:
+        # attach again after what we logged. The supervisor's deadline, kill and container
+        # watch decide when the sandbox is over.
+        delay = 0.1
+        while True:
+            try:
+                return await client.attach(output.last_seq, on_output=record)
+            except AgentError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def exec(
         self,
