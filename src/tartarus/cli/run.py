@@ -1,14 +1,20 @@
-"""`tartarus run`: start a sandbox for one command, stream its output, pass on its exit code."""
+"""`tartarus run`: start a sandbox for one command, stream its output, pass on its exit code.
+
+Embedded (the default) the engine runs the sandbox with COMMAND as its main command. With
+`TARTARUS_URL` set it goes through the server instead: an idle sandbox, COMMAND run in it with
+the exec stream (as `tartarus exec` does), and the sandbox deleted whatever happens.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from pydantic import ValidationError
@@ -16,15 +22,24 @@ from pydantic import ValidationError
 from tartarus.cli.options import parse_env, resources, sandbox_options, validation_message
 from tartarus.cli.progress import BuildProgress
 from tartarus.errors import InvalidRequestError
-from tartarus.models import Sandbox, SandboxSpec, SandboxState
+from tartarus.models import Resources, Sandbox, SandboxSpec, SandboxState
 from tartarus.node.agent_client import OutputCallback
 from tartarus.node.engine import Engine
 from tartarus.node.live import MainIO
+
+if TYPE_CHECKING:
+    from tartarus.cli.backend import Backend, CreateOptions
 
 EXIT_TIMEOUT = 124  # like timeout(1)
 EXIT_INTERRUPTED = 130
 EXIT_KILLED = 137
 EXIT_FAILED = 1
+
+# Server mode: the sandbox outlives the command's own timeout by this much, so the exec can
+# report `timed_out` itself; the sandbox is deleted right after anyway.
+REMOTE_TIMEOUT_MARGIN_S = 15.0
+MAX_SANDBOX_TIMEOUT_S = 7 * 24 * 3600.0  # SandboxSpec.timeout's bound
+MAX_EXEC_TIMEOUT_S = 24 * 3600.0  # the API's bound on one exec; longer runs rely on the sandbox
 
 
 @click.command()
@@ -52,6 +67,22 @@ def run(
     130 interrupted; 1 the sandbox failed; 2 bad input.
     """
     env_map = parse_env(env)
+    from tartarus.cli.backend import is_remote
+
+    if is_remote():
+        return _run_remote(
+            template,
+            runtime,
+            cpu,
+            memory,
+            pids,
+            disk,
+            timeout,
+            env_map,
+            workdir,
+            pass_stdin,
+            command,
+        )
     return asyncio.run(
         _run(
             template,
@@ -128,19 +159,165 @@ def _on_sigterm(main: asyncio.Task[int]) -> None:
 def exit_code(sandbox: Sandbox) -> int:
     if sandbox.state == SandboxState.EXITED and sandbox.exit_code is not None:
         return sandbox.exit_code
+    return _report_end(sandbox.id, sandbox.state, sandbox.reason)
+
+
+def _report_end(sandbox_id: str, state: SandboxState, reason: str | None) -> int:
+    """One `tartarus: sandbox ... timed out` line on stderr; the exit code for that end."""
     message = {
         SandboxState.TIMED_OUT: (EXIT_TIMEOUT, "timed out"),
         SandboxState.OOM_KILLED: (EXIT_KILLED, "killed: out of memory"),
         SandboxState.KILLED: (EXIT_KILLED, "killed"),
-    }.get(sandbox.state, (EXIT_FAILED, "failed"))
+    }.get(state, (EXIT_FAILED, "failed"))
     code, what = message
-    detail = (
-        f" ({sandbox.reason})"
-        if sandbox.reason and sandbox.state != SandboxState.OOM_KILLED
-        else ""
-    )
-    click.echo(f"tartarus: sandbox {sandbox.id} {what}{detail}", err=True)
+    detail = f" ({reason})" if reason and state != SandboxState.OOM_KILLED else ""
+    click.echo(f"tartarus: sandbox {sandbox_id} {what}{detail}", err=True)
     return code
+
+
+# -- server mode ----------------------------------------------------------------------------
+
+
+def _run_remote(
+    template: str,
+    runtime: str | None,
+    cpu: float | None,
+    memory: int | None,
+    pids: int | None,
+    disk: int | None,
+    timeout: float,
+    env: dict[str, str],
+    workdir: str | None,
+    pass_stdin: bool,
+    command: tuple[str, ...],
+) -> int:
+    from tartarus.cli.backend import CreateOptions, cli_errors
+
+    # Check the options here, as embedded mode does, so both answer with the same line.
+    limits = resources(Resources(), cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
+    try:
+        SandboxSpec(
+            template=template,
+            command=command,
+            env=env,
+            workdir=workdir,
+            resources=limits,
+            timeout=timeout,
+            runtime=runtime,
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(validation_message(exc)) from None
+    options = CreateOptions(
+        template=template,
+        runtime=runtime,
+        cpu=cpu,
+        memory_mb=memory,
+        pids=pids,
+        disk_mb=disk,
+        timeout=min(timeout + REMOTE_TIMEOUT_MARGIN_S, MAX_SANDBOX_TIMEOUT_S),
+        env=env,
+        workdir=workdir,
+        metadata={},
+        command=(),  # idle: COMMAND runs through exec, which streams stdin/out and its timeout
+    )
+    # the exec API takes stdin whole, as `tartarus exec --stdin` sends it
+    stdin = sys.stdin.buffer.read() if pass_stdin else None
+    exec_timeout = timeout if timeout <= MAX_EXEC_TIMEOUT_S else None
+    with cli_errors():
+        return asyncio.run(_remote_main(options, list(command), exec_timeout, stdin))
+
+
+async def _remote_main(
+    options: CreateOptions, argv: list[str], exec_timeout: float | None, stdin: bytes | None
+) -> int:
+    from tartarus.cli.backend import open_backend
+
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _on_sigterm, main)
+    backend = await open_backend()
+    try:
+        return await _remote_session(backend, options, argv, exec_timeout, stdin)
+    except asyncio.CancelledError:
+        return EXIT_INTERRUPTED
+    finally:
+        await backend.close()
+
+
+async def _remote_session(
+    backend: Backend,
+    options: CreateOptions,
+    argv: list[str],
+    exec_timeout: float | None,
+    stdin: bytes | None,
+) -> int:
+    from tartarus.sdk import errors as sdk_errors
+
+    creating = asyncio.ensure_future(backend.create(options))
+    try:
+        info = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        # interrupted while the server creates it: wait for its id, then delete it
+        with contextlib.suppress(Exception):
+            await _delete(backend, (await creating)["id"])
+        raise
+    sandbox_id: str = info["id"]
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+
+    def output(stream: str, data: bytes) -> None:
+        streams[stream].write(data)
+        streams[stream].flush()
+
+    try:
+        try:
+            outcome = await backend.exec(
+                sandbox_id,
+                argv,
+                env={},  # the sandbox's own env and workdir apply
+                cwd=None,
+                timeout=exec_timeout,
+                stdin=stdin,
+                output=output,
+            )
+        except sdk_errors.TartarusError:
+            # the stream broke: if the sandbox itself ended (its timeout, OOM), say so
+            code = await _sandbox_end(backend, sandbox_id)
+            if code is None:
+                raise
+            return code
+        if outcome.timed_out:
+            return _report_end(sandbox_id, SandboxState.TIMED_OUT, "wall-clock timeout reached")
+        if outcome.signal:
+            code = await _sandbox_end(backend, sandbox_id)
+            if code is not None:
+                return code
+        return outcome.shell_code
+    finally:
+        await _delete(backend, sandbox_id)
+
+
+async def _sandbox_end(backend: Backend, sandbox_id: str) -> int | None:
+    """The exit code for a sandbox that ended on its own (with its line), None if it runs."""
+    from tartarus.sdk import errors as sdk_errors
+
+    try:
+        info = await backend.get(sandbox_id)
+    except sdk_errors.TartarusError:
+        return None
+    state = SandboxState(info["state"])
+    if state in (SandboxState.PENDING, SandboxState.STARTING, SandboxState.RUNNING):
+        return None
+    if state == SandboxState.EXITED:
+        return None  # not killed by the sandbox's end: the command's own result stands
+    return _report_end(sandbox_id, state, info.get("reason"))
+
+
+async def _delete(backend: Backend, sandbox_id: str) -> None:
+    """Delete the sandbox; a failure is a warning, not a change of the exit code."""
+    try:
+        await backend.kill(sandbox_id)
+    except Exception as exc:  # best effort: we are ending anyway
+        click.echo(f"tartarus: could not delete sandbox {sandbox_id}: {exc}", err=True)
 
 
 def _writer(stream: BinaryIO) -> OutputCallback:

@@ -34,6 +34,7 @@ import errno
 import json
 import os
 import pwd
+import queue
 import selectors
 import shutil
 import signal
@@ -84,6 +85,26 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def standby(target: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Start the thread that will serve a process *before* the process exists.
+
+    In a sandbox whose pids a fork bomb used up, a thread started after the fork could not
+    start at all. Returns the hand-over: call it once with the work, or None to release.
+    """
+    box: queue.Queue[Any] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        item = box.get()
+        if item is not None:
+            target(item)
+
+    try:
+        threading.Thread(target=run, daemon=True).start()
+    except RuntimeError:
+        raise RequestError("internal", "out of resources in the sandbox") from None
+    return box.put
 
 
 class ClientGone(Exception):
@@ -592,28 +613,29 @@ class Agent:
         pass_fds: tuple[int, ...] = (),
     ) -> Child:
         """Start a process in its own session; raises OSError like Popen."""
-        with self.lock:
-            if self.stopping:
-                raise RequestError("internal", "the agent is shutting down")
-            proc = subprocess.Popen(
-                argv,
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                pass_fds=pass_fds,
-                preexec_fn=_child_setup,
-                bufsize=0,
-            )
-            child = Child(proc)
-            self.children[child.pid] = child
+        hand_over = standby(self._wait_child)  # before the child can use up the pids
         try:
-            threading.Thread(target=self._wait_child, args=(child,), daemon=True).start()
-        except RuntimeError:  # no thread to wait for it: do not leave it unwatched
-            child.kill_group()
-            raise RequestError("internal", "out of resources in the sandbox") from None
+            with self.lock:
+                if self.stopping:
+                    raise RequestError("internal", "the agent is shutting down")
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                    preexec_fn=_child_setup,
+                    bufsize=0,
+                )
+                child = Child(proc)
+                self.children[child.pid] = child
+        except BaseException:
+            hand_over(None)
+            raise
+        hand_over(child)
         return child
 
     def _wait_child(self, child: Child) -> None:
@@ -1012,9 +1034,13 @@ class Agent:
             if self.main is not None:
                 raise RequestError("invalid", "the main command was already started")
             main = MainCommand(self.journal_bytes)
+            pump = standby(main.pump)  # its reader exists before the command can fork
             try:
                 child = self.spawn(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-            except OSError as exc:
+            except BaseException as exc:
+                pump(None)
+                if not isinstance(exc, OSError):
+                    raise
                 if exc.filename == cwd:
                     raise os_error(exc, cwd) from None
                 exit_code, text = self._spawn_failure(argv, exc)
@@ -1024,12 +1050,7 @@ class Agent:
             else:
                 main.pid = child.pid
                 self.main = main
-                try:
-                    threading.Thread(target=main.pump, args=(child,), daemon=True).start()
-                except RuntimeError:  # nobody would read its output: end it, say why
-                    child.kill_group()
-                    main.append("stderr", b"tartarus: out of resources in the sandbox\n")
-                    main.finish(None, signal.SIGKILL)
+                pump(child)
         protocol.send_frame(conn, {"type": "started", "pid": main.pid})
 
     def op_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
