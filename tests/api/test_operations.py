@@ -56,7 +56,16 @@ def test_phase_histogram_grows_on_create(api_server: ApiServer, http_a: httpx2.C
 def test_templates(http_a: httpx2.Client) -> None:
     items = http_a.get("/v1/templates").json()["items"]
     python = next(t for t in items if t["name"] == "python")
-    assert set(python) == {"name", "source", "built", "image", "description", "resources"}
+    assert set(python) == {
+        "name",
+        "source",
+        "built",
+        "image",
+        "description",
+        "resources",
+        "size_bytes",
+        "has_python",
+    }
     assert python["source"] == "builtin"
     assert python["built"] is True
     detail = http_a.get("/v1/templates/python").json()
