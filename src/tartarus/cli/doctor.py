@@ -14,7 +14,7 @@ from rich.table import Table
 from tartarus.config import Settings
 from tartarus.runtimes import hostns
 from tartarus.runtimes.base import ProbeResult
-from tartarus.runtimes.registry import PREFERENCE, RuntimeRegistry
+from tartarus.runtimes.registry import RUNTIME_CLASSES, RuntimeRegistry
 
 TOOLS = {
     "debootstrap": "debootstrap",
@@ -60,7 +60,7 @@ async def _probe_all() -> dict[str, ProbeResult]:
     if hostns.is_hybrid_cgroup_host():
         hostns.enter()
     registry = RuntimeRegistry(Settings().state_dir)
-    return {name: await registry.probe(name, fresh=True) for name in PREFERENCE}
+    return {name: await registry.probe(name, fresh=True) for name in RUNTIME_CLASSES}
 
 
 def _print(results: dict[str, ProbeResult], tools: dict[str, bool]) -> None:

@@ -49,7 +49,7 @@ def validation_message(exc: ValidationError) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 # runtime names are listed here, not imported from the registry, so `--help` stays cheap
-RUNTIME_NAMES = ("crun", "runc")
+RUNTIME_NAMES = ("crun", "runc", "gvisor")
 
 
 def sandbox_options(func: F) -> F:

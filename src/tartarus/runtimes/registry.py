@@ -16,9 +16,15 @@ from pathlib import Path
 from tartarus.errors import InvalidRequestError, RuntimeUnavailableError
 from tartarus.runtimes.base import ProbeResult, Runtime
 from tartarus.runtimes.crun import CrunRuntime
+from tartarus.runtimes.gvisor import GvisorRuntime
 from tartarus.runtimes.runc import RuncRuntime
 
-RUNTIME_CLASSES: dict[str, type[Runtime]] = {"crun": CrunRuntime, "runc": RuncRuntime}
+RUNTIME_CLASSES: dict[str, type[Runtime]] = {
+    "crun": CrunRuntime,
+    "runc": RuncRuntime,
+    "gvisor": GvisorRuntime,
+}
+# gvisor is opt-in (`--runtime gvisor`): stronger isolation, about 0.3 s to start
 PREFERENCE = ("crun", "runc")
 
 
