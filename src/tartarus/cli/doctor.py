@@ -34,6 +34,7 @@ TOOLS = {
 )
 def doctor(as_json: bool, require: str) -> int:
     """Probe each runtime by starting a tiny sandbox, and check the host tools."""
+    hybrid = hostns.is_hybrid_cgroup_host()  # before probing hides the cgroup2 mount from us
     results = asyncio.run(_probe_all())
     tools = {name: shutil.which(name) is not None for name in TOOLS}
     if as_json:
@@ -47,7 +48,7 @@ def doctor(as_json: bool, require: str) -> int:
             )
         )
     else:
-        _print(results, tools)
+        _print(results, tools, hybrid)
     required = [r.strip() for r in require.split(",") if r.strip()]
     missing = [r for r in required if not (r in results and results[r].works)]
     if missing:
@@ -63,9 +64,9 @@ async def _probe_all() -> dict[str, ProbeResult]:
     return {name: await registry.probe(name, fresh=True) for name in RUNTIME_CLASSES}
 
 
-def _print(results: dict[str, ProbeResult], tools: dict[str, bool]) -> None:
+def _print(results: dict[str, ProbeResult], tools: dict[str, bool], hybrid: bool) -> None:
     console = Console()
-    cgroup = "v1 hybrid" if hostns.is_hybrid_cgroup_host() else "unified or v1"
+    cgroup = "v1 hybrid (crun: private mount ns)" if hybrid else "unified or v1"
     console.print(f"host: Linux {platform.release()}, cgroups {cgroup}")
     table = Table("runtime", "works", "version", "why not / what to do")
     for name, result in results.items():
