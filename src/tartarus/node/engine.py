@@ -42,12 +42,12 @@ from tartarus.models import (
     SandboxState,
     TemplateSpec,
 )
-from tartarus.node import cgroups, guestfiles, logs, owners
+from tartarus.node import guestfiles, logs, owners
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO
 from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
-from tartarus.runtimes import hostns, reaper
+from tartarus.runtimes import cgroups, hostns, reaper
 from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
 from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
 from tartarus.runtimes.registry import RuntimeRegistry

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from tartarus.models import TERMINAL_STATES, SandboxState
-from tartarus.node import cgroups, owners
+from tartarus.node import owners
 from tartarus.node.overlay import Overlay
-from tartarus.runtimes import reaper
+from tartarus.runtimes import cgroups, reaper
 from tartarus.runtimes.bundle import CGROUP_PARENT
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
 from tartarus.models import ExecResult, Resources
-from tartarus.runtimes import hostns, reaper
+from tartarus.runtimes import cgroups, hostns, reaper
 from tartarus.runtimes.base import (
     BindMount,
     Capabilities,
@@ -123,6 +123,10 @@ class OCIRuntime(Runtime):
         if rc != 0 and await self.status(container_id) is not None:
             raise RuntimeUnavailableError(f"{self.name} delete failed: {_last_line(err)}")
         hostns.remove_shadow_cgroup(f"{CGROUP_PARENT}/{container_id}")
+        # a runtime cannot remove a cgroup whose processes are still dying (gVisor's sentry
+        # takes a moment): wait for them, then remove what is left
+        await cgroups.drain(CGROUP_PARENT, container_id)
+        cgroups.remove(CGROUP_PARENT, container_id)
 
     async def list_ids(self) -> list[str]:
         if not self.root.exists():
