@@ -19,15 +19,15 @@ class TartarusError(Exception):
 
 
 class InvalidRequestError(TartarusError):
-    pass
+    """Bad input: an unknown template, an invalid resource or path."""
 
 
 class NotFoundError(TartarusError):
-    pass
+    """No such sandbox, template, file or key (or another tenant's)."""
 
 
 class ConflictError(TartarusError):
-    pass
+    """The object's state does not allow the action."""
 
 
 class CapabilityError(ConflictError):
@@ -39,16 +39,16 @@ class CapabilityError(ConflictError):
 
 
 class RuntimeUnavailableError(TartarusError):
-    pass
+    """No usable runtime, or the runtime binary failed."""
 
 
 class BuildError(TartarusError):
-    pass
+    """A template build or import failed; the message names the step."""
 
 
 class AgentError(TartarusError):
-    pass
+    """The guest agent is unreachable or broke the protocol."""
 
 
 class AgentTimeoutError(AgentError):
-    pass
+    """The guest agent did not answer in time."""
