@@ -37,6 +37,52 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp_s
   echo "setup: creating the virtual environment (.venv)"
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -U pip
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
   echo "$stamp_src" > .venv/.stamp
+fi
+
+# -- CRIU for runc checkpoint/restore (hibernation) --------------------------------------------
+# Debian 12's criu 3.17 fails `criu check` on this kernel and trixie's .deb needs a newer glibc,
+# so CRIU is built from trixie's source tarball (a private apt config: the system's sources stay
+# untouched) into /opt/tartarus/criu, once (about a minute; later runs see the binary and skip).
+# A failed build is not fatal: runc then reports checkpoint as unavailable, with the reason.
+CRIU_VERSION=4.1.1
+CRIU_PREFIX=${TARTARUS_CRIU_PREFIX:-/opt/tartarus/criu}
+CRIU_BUILD_DEPS=(
+  build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
+  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libnftables-dev
+  libgnutls28-dev uuid-dev libaio-dev xz-utils
+)
+build_criu() {
+  local work=/var/cache/tartarus/criu-src
+  local apt_opts=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o "Dir::Etc::SourceParts=$work/apt/none"
+    -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache" -o "APT::Sandbox::User=root")
+  local deps=() pkg
+  for pkg in "${CRIU_BUILD_DEPS[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || deps+=("$pkg")
+  done
+  if [ ${#deps[@]} -gt 0 ]; then
+    echo "setup: installing CRIU build dependencies: ${deps[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deps[@]}"
+  fi
+  mkdir -p "$work/apt/none" "$work/apt/lists/partial" "$work/apt/cache/archives/partial"
+  echo 'deb-src http://deb.debian.org/debian trixie main' > "$work/apt/sources.list"
+  local tarball="$work/criu_${CRIU_VERSION}.orig.tar.xz"
+  if [ ! -f "$tarball" ]; then
+    echo "setup: fetching the CRIU $CRIU_VERSION source (Debian trixie)"
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$work" && apt-get "${apt_opts[@]}" source --download-only -qq "criu" >/dev/null 2>&1) || true
+    [ -f "$tarball" ] || { echo "setup: trixie does not offer criu_${CRIU_VERSION}.orig.tar.xz" >&2; return 1; }
+  fi
+  echo "setup: building CRIU $CRIU_VERSION into $CRIU_PREFIX"
+  rm -rf "$work/criu-$CRIU_VERSION"
+  tar -xJf "$tarball" -C "$work"
+  make -s -C "$work/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$work/build.log" 2>&1 \
+    || { tail -n 20 "$work/build.log" >&2; return 1; }
+  install -D -m 0755 "$work/criu-$CRIU_VERSION/criu/criu" "$CRIU_PREFIX/bin/criu"
+  rm -rf "$work/criu-$CRIU_VERSION"
+}
+if ! "$CRIU_PREFIX/bin/criu" --version 2>/dev/null | grep -q "Version: $CRIU_VERSION$"; then
+  build_criu || echo "setup: warning: CRIU was not built; runc cannot hibernate sandboxes" >&2
 fi

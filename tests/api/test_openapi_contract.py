@@ -67,8 +67,14 @@ def live_sandbox(api_server: ApiServer, admin_headers: dict[str, str]) -> Iterat
             http.delete(f"/v1/sandboxes/{sandbox_id}")
 
 
-# These end the live sandbox (or may: a tiny timeout), so they run after all the others.
-ENDS_SANDBOX = {"DELETE /v1/sandboxes/{sandbox_id}", "POST /v1/sandboxes/{sandbox_id}/timeout"}
+# These end the live sandbox (or may: a tiny timeout) or leave it unable to serve the others
+# (paused), so they run after all the others.
+ENDS_SANDBOX = {
+    "DELETE /v1/sandboxes/{sandbox_id}",
+    "POST /v1/sandboxes/{sandbox_id}/timeout",
+    "POST /v1/sandboxes/{sandbox_id}/pause",
+    "POST /v1/sandboxes/{sandbox_id}/terminate",
+}
 # `logs?follow=true` on a live sandbox streams until the sandbox ends: generated ids only.
 NOT_PINNED = {"GET /v1/sandboxes/{sandbox_id}/logs"}
 

@@ -31,6 +31,9 @@ SANDBOX_KEYS = {
     "started_at",
     "finished_at",
     "timings_ms",
+    "snapshot",
+    "hibernated_at",
+    "checkpoint_bytes",
 }
 
 

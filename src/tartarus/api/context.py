@@ -23,7 +23,7 @@ class Context:
     execs: ExecRegistry = field(default_factory=ExecRegistry)
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:  # async: a sync one costs a thread hop
     ctx = request.app.state.ctx
     assert isinstance(ctx, Context)
     return ctx

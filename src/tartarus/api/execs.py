@@ -32,6 +32,7 @@ DEFAULT_GRACE_S = 30.0
 MAX_BYTES = 8 * 1024 * 1024
 MAX_AGE_S = 600.0
 START_WINDOW_S = 10.0  # for the POST's stream to attach to a new exec
+SWEEP_EVERY_S = 1.0
 EVENT_OVERHEAD = 64  # bytes counted per event on top of its payload
 
 
@@ -211,6 +212,7 @@ class ExecRegistry:
 
     grace_s: float = field(default_factory=grace_from_env)
     runs: dict[str, ExecRun] = field(default_factory=dict)
+    _swept: float = 0.0
 
     def start(
         self,
@@ -257,8 +259,12 @@ class ExecRegistry:
         return record
 
     def sweep(self) -> None:
-        """Forget execs that ended more than their max age ago."""
+        """Forget execs that ended more than their max age ago (at most once a second: it
+        walks every exec kept)."""
         now = time.monotonic()
+        if now - self._swept < SWEEP_EVERY_S:
+            return
+        self._swept = now
         for key, record in list(self.runs.items()):
             if record.finished_at is not None and now - record.finished_at > record.max_age_s:
                 del self.runs[key]

@@ -8,15 +8,16 @@ time: it is always right, even for sandboxes another engine process changed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tartarus.models import Sandbox, SandboxState
+from tartarus.models import SandboxState
+from tartarus.models.pool import PoolStatus
 from tartarus.store.database import Database
 from tartarus.store.schema import sandboxes
 
@@ -33,7 +34,11 @@ class _SandboxStates(Collector):
             "tartarus_sandboxes", "Sandboxes in the store by state", labels=["state"]
         )
         counts = dict.fromkeys((s.value for s in SandboxState), 0)
-        query = sa.select(sandboxes.c.state, sa.func.count()).group_by(sandboxes.c.state)
+        query = (
+            sa.select(sandboxes.c.state, sa.func.count())
+            .where(sandboxes.c.pool.is_(None))  # waiting in a pool: see tartarus_pool_*
+            .group_by(sandboxes.c.state)
+        )
         with self.db.begin() as conn:
             for state, count in conn.execute(query).all():
                 counts[state] = count
@@ -42,8 +47,38 @@ class _SandboxStates(Collector):
         yield family
 
 
+class _Pools(Collector):
+    def __init__(self, status: Callable[[], list[PoolStatus]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            name: GaugeMetricFamily(f"tartarus_pool_{name}", text, labels=["template"])
+            for name, text in (
+                ("ready", "Pooled sandboxes ready to hand out"),
+                ("starting", "Pooled sandboxes being started"),
+                ("in_use", "Sandboxes handed out by the pool and still running"),
+                ("target", "Ready sandboxes the pool fills towards"),
+            )
+        }
+        counters = {
+            name: CounterMetricFamily(f"tartarus_pool_{name}", text, labels=["template"])
+            for name, text in (
+                ("hits", "Creates served from the pool"),
+                ("misses", "Creates that found no fitting ready sandbox"),
+            )
+        }
+        for pool in self.status():
+            for name, family in gauges.items():
+                family.add_metric([pool.template], getattr(pool, name))
+            for name, counter in counters.items():
+                counter.add_metric([pool.template], getattr(pool, name))
+        yield from gauges.values()
+        yield from counters.values()
+
+
 class Metrics:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pools: Callable[[], list[PoolStatus]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tartarus_http_requests",
@@ -59,16 +94,17 @@ class Metrics:
         )
         self.phases = Histogram(
             "tartarus_sandbox_phase_seconds",
-            "Time from the create request to the end of each start-up phase",
+            "Duration of each start-up phase (node/timings.py); create is their total",
             ["phase"],
             buckets=PHASE_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(_SandboxStates(db))
+        if pools is not None:
+            self.registry.register(_Pools(pools))
 
-    def sandbox_started(self, sandbox: Sandbox) -> None:
-        for phase, ms in sandbox.timings_ms.items():
-            self.phases.labels(phase).observe(ms / 1000)
+    def observe_phase(self, phase: str, ms: float) -> None:
+        self.phases.labels(phase).observe(ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -86,6 +122,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope.setdefault("state", {})["received"] = start  # the `admit` phase starts here
         status = 500
 
         async def send_wrapper(message: Message) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
 from tartarus.api.auth import Caller
@@ -40,7 +40,8 @@ async def owned_sandbox(sandbox_id: str, who: Caller, ctx: Ctx) -> Sandbox:
 
 
 async def running_sandbox(sandbox: Annotated[Sandbox, Depends(owned_sandbox)]) -> Sandbox:
-    if sandbox.state != SandboxState.RUNNING:
+    # a hibernated sandbox counts as running: the engine wakes it on use (node/hibernate.py)
+    if sandbox.state not in (SandboxState.RUNNING, SandboxState.HIBERNATED):
         raise ApiError(409, f"sandbox {sandbox.id} is {sandbox.state.value}, not running")
     return sandbox
 
@@ -49,9 +50,12 @@ Owned = Annotated[Sandbox, Depends(owned_sandbox)]
 Running = Annotated[Sandbox, Depends(running_sandbox)]
 
 
-def _spec(body: CreateSandbox, ctx: Ctx) -> SandboxSpec:
+def _spec(body: CreateSandbox, ctx: Ctx, tenant: str | None) -> SandboxSpec:
+    name = body.template
+    if body.snapshot is not None and "template" not in body.model_fields_set:
+        name = ctx.engine.snapshots.get(body.snapshot, tenant=tenant).template  # else 404
     try:
-        template = ctx.engine.catalog.resolve(body.template)
+        template = ctx.engine.catalog.resolve(name)
     except NotFoundError as exc:
         raise InvalidRequestError(str(exc)) from None  # a bad input, not a missing resource
     overrides = {
@@ -64,7 +68,7 @@ def _spec(body: CreateSandbox, ctx: Ctx) -> SandboxSpec:
     try:
         resources = Resources.model_validate({**template.spec.resources.model_dump(), **given})
         return SandboxSpec(
-            template=body.template,
+            template=name,
             command=tuple(body.command),
             env=body.env,
             workdir=body.workdir,
@@ -72,15 +76,19 @@ def _spec(body: CreateSandbox, ctx: Ctx) -> SandboxSpec:
             timeout=body.timeout,
             runtime=body.runtime,
             metadata=body.metadata,
+            snapshot=body.snapshot,
         )
     except ValidationError as exc:
         raise ApiError(422, validation_message(exc.errors())) from None
 
 
 @router.post("", status_code=201, response_model=SandboxOut)
-async def create_sandbox(body: CreateSandbox, who: Caller, ctx: Ctx) -> SandboxOut:
-    sandbox = await ctx.engine.create(_spec(body, ctx), tenant=who.tenant)
-    ctx.metrics.sandbox_started(sandbox)
+async def create_sandbox(
+    body: CreateSandbox, who: Caller, ctx: Ctx, request: Request
+) -> SandboxOut:
+    received = getattr(request.state, "received", None)
+    spec = _spec(body, ctx, who.tenant)
+    sandbox = await ctx.engine.create(spec, tenant=who.tenant, received=received)
     return SandboxOut.of(sandbox)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tartarus.config import MAX_GRACE_S
 from tartarus.models import Resources, Sandbox, SandboxState
 
 # Longer is no use, and far longer overflows clocks and poll timeouts in the engine and the
@@ -36,6 +37,13 @@ class CreateSandbox(_In):
     timeout: float = Field(300.0, gt=0, le=MAX_TIMEOUT_S, description="wall-clock seconds")
     runtime: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    snapshot: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="start from this snapshot's files (id or name); `template` defaults to"
+        " the snapshot's",
+    )
 
 
 class SetTimeout(_In):
@@ -114,6 +122,11 @@ class SandboxOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     timings_ms: dict[str, float]
+    hibernated_at: datetime | None = None
+    checkpoint_bytes: int | None = Field(
+        None, description="bytes on disk while hibernated: memory image and writable layer"
+    )
+    snapshot: str | None = Field(None, description="the snapshot it was started from")
 
     @classmethod
     def of(cls, sb: Sandbox) -> SandboxOut:
@@ -135,6 +148,9 @@ class SandboxOut(BaseModel):
             started_at=sb.started_at,
             finished_at=sb.finished_at,
             timings_ms=dict(sb.timings_ms),
+            hibernated_at=sb.hibernated_at,
+            checkpoint_bytes=sb.checkpoint_bytes,
+            snapshot=sb.spec.snapshot,
         )
 
 
@@ -156,6 +172,8 @@ class StateFilter(enum.StrEnum):
     PENDING = "pending"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
+    HIBERNATED = "hibernated"
     EXITED = "exited"
     FAILED = "failed"
     KILLED = "killed"
@@ -234,6 +252,39 @@ class NewKey(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+class Terminate(_In):
+    grace: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_GRACE_S,
+        description="seconds between SIGTERM and the kill (default: the template's, else the"
+        " server's)",
+    )
+
+
+class RuntimeCapabilities(BaseModel):
+    pause: bool
+    checkpoint: bool
+    userns: bool
+    network_modes: list[str]
+    exec_channel: str
+    missing: dict[str, str] = Field(description="capability -> why it is not available here")
+
+
+class RuntimeOut(BaseModel):
+    name: str
+    available: bool
+    default: bool = Field(description="the runtime a sandbox gets when it names none")
+    version: str
+    reason: str | None = Field(description="why it does not work here")
+    hint: str | None = Field(description="what to install or change")
+    capabilities: RuntimeCapabilities
+
+
+class RuntimeList(BaseModel):
+    items: list[RuntimeOut]
 
 
 class ErrorDetail(BaseModel):

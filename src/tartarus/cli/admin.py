@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _admin(body: Callable[[AsyncClient], Awaitable[T]]) -> T:
+def _admin(body: Callable[[AsyncClient], Awaitable[T]], what: str = "keys and tenants") -> T:
     async def main() -> T:
-        client = await open_admin()
+        client = await open_admin(what)
         try:
             return await body(client)
         finally:

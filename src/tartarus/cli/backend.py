@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 OutputWriter = Callable[[str, bytes], None]  # (stream name, bytes)
 
-LIVE_STATES = ("pending", "starting", "running")
+LIVE_STATES = ("pending", "starting", "running", "paused", "hibernated")
 
 
 class CLIError(click.ClickException):
@@ -56,7 +56,7 @@ class ExecOutcome:
 
 @dataclass(frozen=True)
 class CreateOptions:
-    template: str
+    template: str | None  # None: the snapshot's
     runtime: str | None
     cpu: float | None
     memory_mb: int | None
@@ -67,6 +67,7 @@ class CreateOptions:
     workdir: str | None
     metadata: dict[str, str]
     command: tuple[str, ...]
+    snapshot: str | None = None
 
 
 class Backend(Protocol):
@@ -128,6 +129,7 @@ class RemoteBackend:
             runtime=options.runtime,
             command=list(options.command),
             workdir=options.workdir,
+            snapshot=options.snapshot,
         )
         return normalise((await self.client.call(call)).model_dump(by_alias=True))
 
@@ -216,7 +218,11 @@ class EmbeddedBackend:
                 "a sandbox with a main command needs a server (set TARTARUS_URL);"
                 " here, use `tartarus run` or `create` then `exec`"
             )
-        base = self.engine.catalog.resolve(options.template).spec.resources
+        template = options.template
+        if template is None:
+            assert options.snapshot is not None
+            template = self.engine.snapshots.get(options.snapshot, any_tenant=True).template
+        base = self.engine.catalog.resolve(template).spec.resources
         limits = resources(
             base,
             cpu=options.cpu,
@@ -226,7 +232,8 @@ class EmbeddedBackend:
         )
         try:
             spec = SandboxSpec(
-                template=options.template,
+                template=template,
+                snapshot=options.snapshot,
                 env=options.env,
                 workdir=options.workdir,
                 resources=limits,
@@ -309,6 +316,8 @@ class EmbeddedBackend:
             "started_at": sandbox.started_at,
             "finished_at": sandbox.finished_at,
             "timings_ms": dict(sandbox.timings_ms),
+            "hibernated_at": sandbox.hibernated_at,
+            "checkpoint_bytes": sandbox.checkpoint_bytes,
         }
         if events is not None:
             data["events"] = events
@@ -348,11 +357,11 @@ def _engine_logs_to_stderr() -> None:
     )
 
 
-async def open_admin() -> AsyncClient:
-    """Tenants and keys live in a server's store: there is nothing to manage embedded."""
+async def open_admin(what: str = "keys and tenants") -> AsyncClient:
+    """Tenants, keys and pools live in a server: there is nothing to manage embedded."""
     if not is_remote():
         raise BadInputError(
-            "keys and tenants are managed by a server: set TARTARUS_URL"
+            f"{what} are managed by a server: set TARTARUS_URL"
             " (and TARTARUS_API_KEY to an admin key)"
         )
     from tartarus.sdk._client import AsyncClient

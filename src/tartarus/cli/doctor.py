@@ -1,11 +1,17 @@
-"""`tartarus doctor`: what works on this host, and for what does not, why and what to install."""
+"""`tartarus doctor`: what works on this host, and for what does not, why and what to install.
+
+Each runtime is probed afresh (a tiny sandbox is started and paused), and shown with the
+capabilities the probe confirmed: the same report as `GET /v1/runtimes`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import platform
 import shutil
+from typing import Any
 
 import click
 from rich.console import Console
@@ -13,8 +19,7 @@ from rich.table import Table
 
 from tartarus.config import Settings
 from tartarus.runtimes import hostns
-from tartarus.runtimes.base import ProbeResult
-from tartarus.runtimes.registry import RUNTIME_CLASSES, RuntimeRegistry
+from tartarus.runtimes.registry import RuntimeRegistry, RuntimeReport
 
 TOOLS = {
     "debootstrap": "debootstrap",
@@ -35,43 +40,63 @@ TOOLS = {
 def doctor(as_json: bool, require: str) -> int:
     """Probe each runtime by starting a tiny sandbox, and check the host tools."""
     hybrid = hostns.is_hybrid_cgroup_host()  # before probing hides the cgroup2 mount from us
-    results = asyncio.run(_probe_all())
+    reports = {r.name: r for r in asyncio.run(_probe_all())}
     tools = {name: shutil.which(name) is not None for name in TOOLS}
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "runtimes": {n: r.__dict__ for n, r in results.items()},
-                    "tools": tools,
-                },
-                indent=2,
-            )
-        )
+        runtimes = {name: _as_json(r) for name, r in reports.items()}
+        click.echo(json.dumps({"runtimes": runtimes, "tools": tools}, indent=2))
     else:
-        _print(results, tools, hybrid)
+        _print(list(reports.values()), tools, hybrid)
     required = [r.strip() for r in require.split(",") if r.strip()]
-    missing = [r for r in required if not (r in results and results[r].works)]
+    missing = [r for r in required if not (r in reports and reports[r].probe.works)]
     if missing:
         click.echo(f"error: required runtime(s) not working: {', '.join(missing)}", err=True)
         return 1
-    return 0 if any(r.works for r in results.values()) else 1
+    return 0 if any(r.probe.works for r in reports.values()) else 1
 
 
-async def _probe_all() -> dict[str, ProbeResult]:
+async def _probe_all() -> list[RuntimeReport]:
     if hostns.is_hybrid_cgroup_host():
         hostns.enter()
-    registry = RuntimeRegistry(Settings().state_dir)
-    return {name: await registry.probe(name, fresh=True) for name in RUNTIME_CLASSES}
+    settings = Settings()
+    registry = RuntimeRegistry(settings.state_dir)
+    return await registry.report(fresh=True, default=settings.default_runtime)
 
 
-def _print(results: dict[str, ProbeResult], tools: dict[str, bool], hybrid: bool) -> None:
+def _as_json(report: RuntimeReport) -> dict[str, Any]:
+    caps = dataclasses.asdict(report.capabilities)
+    caps["missing"] = report.missing
+    return {**dataclasses.asdict(report.probe), "default": report.default, "capabilities": caps}
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def _print(reports: list[RuntimeReport], tools: dict[str, bool], hybrid: bool) -> None:
     console = Console()
     cgroup = "v1 hybrid (crun: private mount ns)" if hybrid else "unified or v1"
     console.print(f"host: Linux {platform.release()}, cgroups {cgroup}")
-    table = Table("runtime", "works", "version", "why not / what to do")
-    for name, result in results.items():
-        why = "; ".join(x for x in (result.reason, result.hint) if x)
-        table.add_row(name, "[green]yes[/]" if result.works else "[red]no[/]", result.version, why)
+    table = Table("runtime", "works", "version", "pause", "checkpoint", "network", "exec", "notes")
+    for r in reports:
+        caps = r.capabilities
+        notes = [x for x in (r.probe.reason, r.probe.hint) if x]
+        if r.probe.works and "pause" in r.missing:
+            notes.append(f"pause: {r.missing['pause']}")
+        if r.probe.works and "checkpoint" in r.missing:
+            notes.append(f"checkpoint: {r.missing['checkpoint']}")
+        name = f"{r.name} *" if r.default else r.name
+        table.add_row(
+            name,
+            _yes(r.probe.works),
+            r.probe.version.split()[-1] if r.probe.version else "",
+            _yes(caps.pause),
+            _yes(caps.checkpoint),
+            ",".join(caps.network_modes),
+            caps.exec_channel,
+            "; ".join(notes),
+        )
+    table.caption = "* the default runtime"
     console.print(table)
     for name, present in tools.items():
         if not present:

@@ -25,9 +25,26 @@ COMMANDS = {  # name -> (module, attribute, one-line help for the listing)
     "exec": ("tartarus.cli.sandbox", "exec_", "Run a command in a running sandbox."),
     "logs": ("tartarus.cli.sandbox", "logs", "Show (or follow) a sandbox's main output."),
     "kill": ("tartarus.cli.sandbox", "kill", "Kill sandboxes."),
+    "pause": ("tartarus.cli.lifecycle", "pause", "Freeze sandboxes, memory and timeout kept."),
+    "resume": ("tartarus.cli.lifecycle", "resume", "Thaw paused sandboxes."),
+    "hibernate": ("tartarus.cli.lifecycle", "hibernate", "Save sandboxes to disk, memory freed."),
+    "wake": ("tartarus.cli.lifecycle", "wake", "Restore hibernated sandboxes."),
+    "terminate": (
+        "tartarus.cli.lifecycle",
+        "terminate",
+        "SIGTERM sandboxes, wait for the grace period, then kill.",
+    ),
+    "snapshot": ("tartarus.cli.snapshot", "snapshot", "Save a sandbox's files as a snapshot."),
+    "checkpoints": (
+        "tartarus.cli.snapshot",
+        "checkpoints",
+        "List and delete snapshots and hibernation images.",
+    ),
     "keys": ("tartarus.cli.admin", "keys", "Create, list and revoke API keys (server)."),
     "tenants": ("tartarus.cli.admin", "tenants", "Create and list tenants (server)."),
+    "pool": ("tartarus.cli.pool", "pool", "Set, list and remove warm pools (server)."),
     "server": ("tartarus.cli.server", "server", "Serve the HTTP API with this machine's engine."),
+    "bench": ("tartarus.cli.bench", "bench", "Benchmark against raw crun and host python3."),
 }
 
 

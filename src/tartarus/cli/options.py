@@ -86,3 +86,23 @@ def sandbox_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def snapshot_option(func: F) -> F:
+    """`--snapshot SNAP` for `run` and `create`: start from a snapshot's files."""
+    return click.option(
+        "--snapshot",
+        default=None,
+        metavar="SNAP",
+        help="Start from this snapshot's files (id or name); the template is the snapshot's.",
+    )(func)
+
+
+def template_for(template: str, snapshot: str | None) -> str | None:
+    """The template to ask for: None (the snapshot's own) unless --template was given."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("template") not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
+    return template if snapshot is None or given else None

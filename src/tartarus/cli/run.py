@@ -19,10 +19,17 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 from pydantic import ValidationError
 
-from tartarus.cli.options import parse_env, resources, sandbox_options, validation_message
+from tartarus.cli.options import (
+    parse_env,
+    resources,
+    sandbox_options,
+    snapshot_option,
+    template_for,
+    validation_message,
+)
 from tartarus.cli.progress import BuildProgress
 from tartarus.errors import InvalidRequestError
-from tartarus.models import Resources, Sandbox, SandboxSpec, SandboxState
+from tartarus.models import TERMINAL_STATES, Resources, Sandbox, SandboxSpec, SandboxState
 from tartarus.node.agent_client import OutputCallback
 from tartarus.node.engine import Engine
 from tartarus.node.live import MainIO
@@ -44,10 +51,12 @@ MAX_EXEC_TIMEOUT_S = 24 * 3600.0  # the API's bound on one exec; longer runs rel
 
 @click.command()
 @sandbox_options
+@snapshot_option
 @click.option("--stdin", "pass_stdin", is_flag=True, help="Pass this command's stdin through.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     template: str,
+    snapshot: str | None,
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -69,9 +78,10 @@ def run(
     env_map = parse_env(env)
     from tartarus.cli.backend import is_remote
 
+    chosen = template_for(template, snapshot)  # None: the snapshot's
     if is_remote():
         return _run_remote(
-            template,
+            chosen,
             runtime,
             cpu,
             memory,
@@ -82,10 +92,11 @@ def run(
             workdir,
             pass_stdin,
             command,
+            snapshot=snapshot,
         )
     return asyncio.run(
         _run(
-            template,
+            chosen,
             runtime,
             cpu,
             memory,
@@ -96,12 +107,13 @@ def run(
             workdir,
             pass_stdin,
             command,
+            snapshot=snapshot,
         )
     )
 
 
 async def _run(
-    template: str,
+    template: str | None,
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -112,19 +124,27 @@ async def _run(
     workdir: str | None,
     pass_stdin: bool,
     command: tuple[str, ...],
+    *,
+    snapshot: str | None = None,
 ) -> int:
     engine = Engine()
-    await engine.open()
+    # no reconcile: it would reap the sandboxes `tartarus create` left running for later
+    # commands (an adopting engine, as `ps`/`exec` open, takes care of real orphans)
+    await engine.open(reconcile=False)
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if main is not None:
         loop.add_signal_handler(signal.SIGTERM, _on_sigterm, main)
     try:
+        if template is None:
+            assert snapshot is not None
+            template = engine.snapshots.get(snapshot, any_tenant=True).template
         base = engine.catalog.resolve(template).spec.resources
         limits = resources(base, cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
         try:
             spec = SandboxSpec(
                 template=template,
+                snapshot=snapshot,
                 command=command,
                 env=env,
                 workdir=workdir,
@@ -179,7 +199,7 @@ def _report_end(sandbox_id: str, state: SandboxState, reason: str | None) -> int
 
 
 def _run_remote(
-    template: str,
+    template: str | None,
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -190,6 +210,8 @@ def _run_remote(
     workdir: str | None,
     pass_stdin: bool,
     command: tuple[str, ...],
+    *,
+    snapshot: str | None = None,
 ) -> int:
     from tartarus.cli.backend import CreateOptions, cli_errors
 
@@ -197,7 +219,7 @@ def _run_remote(
     limits = resources(Resources(), cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
     try:
         SandboxSpec(
-            template=template,
+            template=template or "python",
             command=command,
             env=env,
             workdir=workdir,
@@ -219,6 +241,7 @@ def _run_remote(
         workdir=workdir,
         metadata={},
         command=(),  # idle: COMMAND runs through exec, which streams stdin/out and its timeout
+        snapshot=snapshot,
     )
     # the exec API takes stdin whole, as `tartarus exec --stdin` sends it
     stdin = sys.stdin.buffer.read() if pass_stdin else None
@@ -305,7 +328,7 @@ async def _sandbox_end(backend: Backend, sandbox_id: str) -> int | None:
     except sdk_errors.TartarusError:
         return None
     state = SandboxState(info["state"])
-    if state in (SandboxState.PENDING, SandboxState.STARTING, SandboxState.RUNNING):
+    if state not in TERMINAL_STATES:
         return None
     if state == SandboxState.EXITED:
         return None  # not killed by the sandbox's end: the command's own result stands

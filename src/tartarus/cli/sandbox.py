@@ -14,9 +14,20 @@ from typing import Any, BinaryIO
 import click
 
 from tartarus.cli.backend import Backend, BadInputError, CreateOptions, ExecOutcome, run
-from tartarus.cli.options import parse_env, sandbox_options
+from tartarus.cli.options import parse_env, sandbox_options, snapshot_option, template_for
 
-STATES = ("pending", "starting", "running", "exited", "failed", "killed", "timed_out", "oom_killed")
+STATES = (
+    "pending",
+    "starting",
+    "running",
+    "paused",
+    "hibernated",
+    "exited",
+    "failed",
+    "killed",
+    "timed_out",
+    "oom_killed",
+)
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -45,10 +56,12 @@ def _check_resources(**given: float | None) -> None:
 
 @click.command()
 @sandbox_options
+@snapshot_option
 @click.option("--metadata", "-m", multiple=True, metavar="K=V", help="Label (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def create(
     template: str,
+    snapshot: str | None,
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -67,7 +80,7 @@ def create(
     """
     _check_resources(cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
     options = CreateOptions(
-        template=template,
+        template=template_for(template, snapshot),
         runtime=runtime,
         cpu=cpu,
         memory_mb=memory,
@@ -78,6 +91,7 @@ def create(
         workdir=workdir,
         metadata=_pairs(metadata, "--metadata"),
         command=command,
+        snapshot=snapshot,
     )
 
     async def body(backend: Backend) -> dict[str, Any]:

@@ -2,24 +2,31 @@
 
 The engine must live in the loop's thread (it enters a private mount namespace per thread
 and spawns runtimes from there), so uvicorn is driven programmatically inside our own loop
-rather than by `uvicorn.run`. On SIGTERM uvicorn drains, then the engine closes *without*
-killing sandboxes: the next server on the same state dir re-adopts them.
+rather than by `uvicorn.run`. On SIGTERM uvicorn drains, then the shutdown policy applies
+(`--shutdown`, `TARTARUS_SHUTDOWN`): `leave` (the default) closes the engine *without* killing
+sandboxes, so the next server on the same state dir re-adopts them (paused ones stay paused);
+`terminate` ends each one gracefully first (SIGTERM, its grace period, kill).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import uvicorn
 
-from tartarus.config import Settings
+from tartarus.config import SHUTDOWN_POLICIES, Settings
 from tartarus.store.auth import AuthStore, load_pepper
+
+if TYPE_CHECKING:
+    from tartarus.node.engine import Engine
 
 ADMIN_TENANT = "admin"
 GRACEFUL_SHUTDOWN_S = 5
@@ -41,14 +48,27 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
     default="info",
     show_default=True,
 )
-def server(host: str, port: int, state_dir: Path | None, log_level: str) -> None:
+@click.option(
+    "--shutdown",
+    type=click.Choice(SHUTDOWN_POLICIES),
+    default=None,
+    help="On SIGTERM: leave sandboxes running for the next server, or terminate them"
+    " gracefully (default: $TARTARUS_SHUTDOWN or leave).",
+)
+def server(
+    host: str, port: int, state_dir: Path | None, log_level: str, shutdown: str | None
+) -> None:
     """Serve the HTTP API (docs/api.md) with the engine on this machine (run as root).
 
-    Sandboxes outlive the server: stop it with SIGTERM and the next start re-adopts them.
+    By default sandboxes outlive the server: stop it with SIGTERM and the next start
+    re-adopts them. With `--shutdown terminate` they are terminated gracefully instead.
     """
     if state_dir is not None:
         os.environ["TARTARUS_STATE_DIR"] = str(state_dir.absolute())
-    asyncio.run(_serve(Settings(), host, port, log_level))
+    settings = Settings()
+    if shutdown is not None:
+        settings = dataclasses.replace(settings, shutdown=shutdown)
+    asyncio.run(_serve(settings, host, port, log_level))
 
 
 def bootstrap_admin(auth: AuthStore, state_dir: Path) -> Path | None:
@@ -89,6 +109,7 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
     engine = Engine(settings, adopt=True)
     await engine.open()
     try:
+        await engine.start_pools()
         auth = AuthStore(engine.db, load_pepper(settings.state_dir))
         key_file = bootstrap_admin(auth, settings.state_dir)
         if key_file is not None:
@@ -107,4 +128,15 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
         finally:
             await app.state.ctx.execs.close()  # running execs end with the server
     finally:
+        if settings.shutdown == "terminate":
+            await _terminate_all(engine)
         await engine.close(kill=False)
+
+
+async def _terminate_all(engine: Engine) -> None:
+    """Graceful termination of every sandbox at once: the slowest grace bounds the wait."""
+    ids = engine.running_ids()
+    results = await asyncio.gather(*(engine.terminate(sid) for sid in ids), return_exceptions=True)
+    for sid, result in zip(ids, results, strict=True):
+        if isinstance(result, BaseException):
+            click.echo(f"tartarus: terminating {sid} failed: {result}", err=True)

@@ -14,7 +14,10 @@ import json
 import socket
 import struct
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: the agent does without importing typing (2 ms, 0.5 MiB)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 HEADER_STRUCT = struct.Struct(">II")
@@ -23,9 +26,9 @@ MAX_HEADER = 1 << 20  # 1 MiB
 MAX_BODY = 8 << 20  # 8 MiB
 CHUNK_SIZE = 64 * 1024  # stdout/stderr/file chunks sent by the agent
 
-# Runtime-evaluated aliases: PEP 585 generics are fine on 3.9, but `X | Y` is not.
-Header = dict[str, Any]
-Frame = tuple[Header, bytes]
+if TYPE_CHECKING:  # `Header` and `Frame` in annotations only (they are strings here)
+    Header = dict[str, Any]
+    Frame = tuple[Header, bytes]
 
 
 class ProtocolError(Exception):

@@ -13,10 +13,11 @@ from tartarus.config import Settings
 from tartarus.errors import BuildError, InvalidRequestError, NotFoundError
 from tartarus.images import builder, oci
 from tartarus.images.builder import ProgressFn
-from tartarus.images.cache import ImageCache, ImageInfo
+from tartarus.images.cache import ImageCache, ImageInfo, remove_tree
 from tartarus.images.specs import builtin_specs, load_spec_file
 from tartarus.models.template import TemplateSpec
 from tartarus.store.database import Database
+from tartarus.store.snapshots import SnapshotRepository
 from tartarus.store.templates import TemplateRecord, TemplateRepository
 
 SOURCE_BUILTIN = "builtin"
@@ -41,9 +42,17 @@ class ResolvedTemplate:
 
 class TemplateCatalog:
     def __init__(
-        self, db: Database, cache: ImageCache, mirror: str, *, deb_cache: Path | None = None
+        self,
+        db: Database,
+        cache: ImageCache,
+        mirror: str,
+        *,
+        deb_cache: Path | None = None,
+        snapshots_dir: Path | None = None,
     ) -> None:
         self.repo = TemplateRepository(db)
+        self.snapshots = SnapshotRepository(db)
+        self.snapshots_dir = snapshots_dir  # None: snapshot files are not this catalog's
         self.cache = cache
         self.mirror = mirror
         self.deb_cache = deb_cache
@@ -51,7 +60,10 @@ class TemplateCatalog:
     @classmethod
     def from_settings(cls, settings: Settings, db: Database | None = None) -> TemplateCatalog:
         return cls(
-            db or Database(settings.db_path), ImageCache(settings.image_dir), settings.mirror
+            db or Database(settings.db_path),
+            ImageCache(settings.image_dir),
+            settings.mirror,
+            snapshots_dir=settings.snapshots_dir,
         )
 
     # -- lookup -------------------------------------------------------------------------------
@@ -150,6 +162,7 @@ class TemplateCatalog:
             return False
         h = _image_key(rec)
         self.repo.delete(name)
+        self._remove_snapshots(name)
         if h is None:
             return False
         in_use: set[str | None] = {s.content_hash() for s in builtin_specs().values()}
@@ -157,6 +170,14 @@ class TemplateCatalog:
         if h in in_use:
             return False
         return self.cache.remove(h)
+
+    def _remove_snapshots(self, template: str) -> None:
+        """Snapshots of a removed template could not start anything: records and files go."""
+        for snap in self.snapshots.list(any_tenant=True):
+            if snap.template == template:
+                self.snapshots.delete(snap.id)
+                if self.snapshots_dir is not None:
+                    remove_tree(self.snapshots_dir / snap.id)
 
 
 def _image_key(rec: TemplateRecord) -> str | None:

@@ -1,8 +1,12 @@
 """Sandbox specs, records and the lifecycle state machine.
 
 A sandbox moves pending -> starting -> running and ends in exactly one terminal state.
-Every writer goes through `check_transition`, so a record can never jump backwards or
-leave a terminal state (the original overwrote its run records and lost final states).
+A running sandbox may be paused (frozen, memory kept) and resumed any number of times; a
+paused one can end directly (a kill thaws it first). A running or paused sandbox may be
+hibernated (memory and writable layer on disk, nothing running) and woken back to running; a
+hibernated one can end directly too (its files on disk are removed). Every writer goes through
+`check_transition`, so a record can never jump backwards or leave a terminal state (the
+original overwrote its run records and lost final states).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class SandboxState(enum.StrEnum):
     PENDING = "pending"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
+    HIBERNATED = "hibernated"
     EXITED = "exited"
     FAILED = "failed"
     KILLED = "killed"
@@ -45,7 +51,9 @@ _ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
         {SandboxState.STARTING, SandboxState.FAILED, SandboxState.KILLED}
     ),
     SandboxState.STARTING: frozenset({SandboxState.RUNNING}) | _ENDINGS,
-    SandboxState.RUNNING: _ENDINGS,
+    SandboxState.RUNNING: frozenset({SandboxState.PAUSED, SandboxState.HIBERNATED}) | _ENDINGS,
+    SandboxState.PAUSED: frozenset({SandboxState.RUNNING, SandboxState.HIBERNATED}) | _ENDINGS,
+    SandboxState.HIBERNATED: frozenset({SandboxState.RUNNING}) | _ENDINGS,
 }
 
 
@@ -75,6 +83,9 @@ class SandboxSpec(BaseModel):
     network: NetworkMode = NetworkMode.NONE
     runtime: str | None = None  # None: the best runtime that works on this host
     metadata: dict[str, str] = Field(default_factory=dict)
+    # start from this snapshot's files (id or name; the engine stores the id): its layer is
+    # an extra read-only lower below the sandbox's own writable layer (node/snapshots.py)
+    snapshot: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("env")
     @classmethod
@@ -118,8 +129,14 @@ class Sandbox(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     expires_at: datetime | None = None  # the wall-clock deadline; `set_timeout` moves it
+    # set while paused or hibernated: the timeout stopped counting then, with
+    # `expires_at - paused_at` left
+    paused_at: datetime | None = None
+    hibernated_at: datetime | None = None
+    checkpoint_bytes: int | None = None  # on disk while hibernated: memory image + layer
     finished_at: datetime | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    pool: str | None = None  # waiting, unclaimed, in the warm pool of this template
 
     @property
     def terminal(self) -> bool:

@@ -1,8 +1,8 @@
 """Template specs (Erebus): the small YAML document a rootfs is built from.
 
 The content hash covers everything that changes the built rootfs, so an unchanged spec is
-never rebuilt; fields that only matter at run time (env, workdir, resources) are excluded,
-so editing them does not force a rebuild either.
+never rebuilt; fields that only matter at run time (env, workdir, resources, the termination
+grace) are excluded, so editing them does not force a rebuild either.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class TemplateSpec(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="absolute path -> content")
     preimport: tuple[str, ...] = ()
     resources: Resources = Field(default_factory=Resources)
+    termination_grace_s: float | None = Field(
+        None, ge=0, le=3600, description="SIGTERM-to-kill grace of `terminate` (None: config)"
+    )
 
     @field_validator("name")
     @classmethod

@@ -160,23 +160,26 @@ class AgentClient:
             raise AgentError(f"unexpected frame {kind!r} from the guest agent")
         return str(kind)
 
-    async def ping(self) -> dict[str, Any]:
-        conn = await self._request({"op": "ping"})
+    async def _call(self, request: dict[str, Any], answer: str = "ok") -> dict[str, Any]:
+        """A request with one answer frame of type `answer`; returns that frame."""
+        conn = await self._request(request)
         try:
             header, _ = await conn.recv()
-            self._expect(header, "pong")
+            self._expect(header, answer)
             return header
         finally:
             await conn.close()
 
+    async def ping(self) -> dict[str, Any]:
+        return await self._call({"op": "ping"}, "pong")
+
+    async def set_env(self, env: dict[str, str]) -> None:
+        """Replace the environment the guest starts interpreters and commands from."""
+        await self._call({"op": "env", "env": env})
+
     async def set_deadline(self, deadline: float | None) -> None:
         """Move the guest's own backstop deadline (epoch seconds; None: no deadline)."""
-        conn = await self._request({"op": "deadline", "deadline": deadline})
-        try:
-            header, _ = await conn.recv()
-            self._expect(header, "ok")
-        finally:
-            await conn.close()
+        await self._call({"op": "deadline", "deadline": deadline})
 
     async def exec(
         self,
@@ -299,13 +302,7 @@ class AgentClient:
     async def main_status(self) -> dict[str, Any]:
         """The main command's state: the agent's `main` frame (started, pid, running,
         exit_code, signal, last_seq)."""
-        conn = await self._request({"op": "main_status"})
-        try:
-            header, _ = await conn.recv()
-            self._expect(header, "main")
-            return header
-        finally:
-            await conn.close()
+        return await self._call({"op": "main_status"}, "main")
 
     async def _exec_frames(
         self,
@@ -362,24 +359,14 @@ class AgentClient:
             await conn.close()
 
     async def list_dir(self, path: str) -> list[dict[str, Any]]:
-        conn = await self._request({"op": "list", "path": path})
-        try:
-            header, _ = await conn.recv()
-            self._expect(header, "entries")
-            entries = header.get("entries")
-            if not isinstance(entries, list):
-                raise AgentError("malformed entries frame from the guest agent")
-            return entries
-        finally:
-            await conn.close()
+        header = await self._call({"op": "list", "path": path}, "entries")
+        entries = header.get("entries")
+        if not isinstance(entries, list):
+            raise AgentError("malformed entries frame from the guest agent")
+        return entries
 
     async def remove(self, path: str, recursive: bool = False) -> None:
-        conn = await self._request({"op": "remove", "path": path, "recursive": recursive})
-        try:
-            header, _ = await conn.recv()
-            self._expect(header, "ok")
-        finally:
-            await conn.close()
+        await self._call({"op": "remove", "path": path, "recursive": recursive})
 
     async def run_code(
         self,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ from tartarus.models import (
     SandboxState,
     TemplateSpec,
 )
-from tartarus.node import guestfiles, logs, owners
+from tartarus.node import guestfiles, hibernate, idle, lifecycle, logs, owners, snapshots
 from tartarus.node.agent_client import AgentClient, OutputCallback
 from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO
 from tartarus.node.logs import LogEntry, OutputLog
 from tartarus.node.overlay import Overlay
+from tartarus.node.pools import Pools, load_pool_file
+from tartarus.node.timings import PhaseClock, PhaseListener
 from tartarus.runtimes import cgroups, hostns, reaper
 from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
 from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
@@ -54,6 +57,7 @@ from tartarus.runtimes.registry import RuntimeRegistry
 from tartarus.store import Database
 from tartarus.store.jobs import JobQueue
 from tartarus.store.sandboxes import SandboxRepository
+from tartarus.store.snapshots import Snapshot, SnapshotRepository
 
 log = structlog.get_logger("tartarus.engine")
 
@@ -78,11 +82,22 @@ class Engine:
         self.adopt = adopt  # re-adopt orphaned idle sandboxes at open() (servers do)
         self.db = Database(self.settings.db_path)
         self.sandboxes = SandboxRepository(self.db)
+        self.snapshots = SnapshotRepository(self.db)
         self.jobs = JobQueue(self.db)
         self.images = ImageCache(self.settings.image_dir)
-        self.catalog = TemplateCatalog(self.db, self.images, mirror=self.settings.mirror)
+        self.catalog = TemplateCatalog(
+            self.db,
+            self.images,
+            mirror=self.settings.mirror,
+            snapshots_dir=self.settings.snapshots_dir,
+        )
         self.runtimes = RuntimeRegistry(self.settings.state_dir)
         self.owner = owners.current()
+        self.pools = Pools(self)
+        self.phase_listeners: builtins.list[PhaseListener] = []  # e.g. Prometheus histograms
+        self._clocks: dict[str, PhaseClock] = {}  # sandboxes not yet past their first exec
+        self._late: dict[str, dict[str, float]] = {}  # phases measured after the start
+        self._background: set[asyncio.Task[None]] = set()
         self._live: dict[str, LiveSandbox] = {}
         self._guest_dir: Path | None = None
 
@@ -102,15 +117,32 @@ class Engine:
             from tartarus.node.reconcile import reconcile as _reconcile
 
             await _reconcile(self)
+        monitor = asyncio.create_task(idle.monitor(self))  # Hypnos: idle ones hibernate
+        self._background.add(monitor)
+        monitor.add_done_callback(self._background.discard)
+        retention = asyncio.create_task(snapshots.retention_loop(self))  # Nyx
+        self._background.add(retention)
+        retention.add_done_callback(self._background.discard)
+
+    async def start_pools(self) -> None:
+        """Keep the configured warm pools filled (servers do; a CLI engine is too short-lived)."""
+        path = self.settings.pools_file
+        await self.pools.start(load_pool_file(path) if path is not None else [])
 
     async def close(self, *, kill: bool = True) -> None:
         """Kill what this engine still supervises (an embedded engine ends with its CLI), or
         with `kill=False` leave it running for the next engine to re-adopt."""
+        await self.pools.stop(kill=kill)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if kill:
             await asyncio.gather(
                 *(self.kill(sid, reason="engine shut down") for sid in list(self._live)),
                 return_exceptions=True,
             )
+        else:  # the next engine may hibernate them: their layers must stay reachable
+            await hibernate.keep_layers(self)
         for live in list(self._live.values()):
             live.detached = True
             if live.task is not None:
@@ -138,15 +170,39 @@ class Engine:
         tenant: str | None = None,
         io: MainIO | None = None,
         progress: ProgressCallback | None = None,
+        pool: str | None = None,
+        received: float | None = None,
     ) -> Sandbox:
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
+        """Start a sandbox for `spec`, or hand out a ready one from the template's warm pool
+        when it fits. `pool` is for the pools themselves: the new sandbox waits in that pool.
+        `received` is when the request arrived (perf_counter), for the `admit` phase."""
+        clock = PhaseClock(received)
+        if received is not None:
+            clock.mark("admit")
         template = self.catalog.resolve(spec.template)
-        image = self.catalog.ensure_built(spec.template, progress=progress)
-        timings["image"] = _ms(t0)
-        runtime = await self.runtimes.select(spec.runtime or self.settings.default_runtime)
+        snap: Snapshot | None = None
+        if spec.snapshot is not None:  # its files over the image it was taken on
+            snap = snapshots.resolve_for_create(self, spec, tenant)
+            spec = spec.model_copy(update={"snapshot": snap.id})
+            image = self.images.info(snap.image)
+        else:
+            image = self.catalog.ensure_built(spec.template, progress=progress)
+        clock.mark("image")
+        default_runtime = snap.runtime if snap is not None else self.settings.default_runtime
+        runtime = await self.runtimes.select(spec.runtime or default_runtime)
         resources = spec.resources or template.spec.resources
         env, workdir = _environment(spec, template.spec)
+        if pool is None and snap is None:  # a pooled sandbox lacks the snapshot's files
+            pooled = self.pools.take(
+                spec,
+                image=image.hash,
+                runtime=runtime.name,
+                resources=resources,
+                workdir=template.spec.workdir,
+            )
+            clock.mark("schedule")
+            if pooled is not None and await self._fit(pooled, resources):
+                return await self._hand_out(pooled, spec, tenant, env, io, clock)
         sandbox = Sandbox(
             id=f"sb-{secrets.token_hex(6)}",
             tenant=tenant,
@@ -155,43 +211,164 @@ class Engine:
             image=image.hash,
             resources=resources,
             created_at=datetime.now(UTC),
+            pool=pool,
         )
         # the submit path: record and job in one transaction; on one machine we claim our
         # own job at once, in fleet mode a node agent claims it (store/jobs.py)
-        job_id = self.sandboxes.insert(sandbox, owner=self.owner, job="create")
+        # The submit path writes the record and its create job; on one machine this engine
+        # claims the job and moves to STARTING in the same transaction. In fleet mode a node
+        # agent claims queued jobs instead (store/jobs.py).
+        job_id = self.sandboxes.insert(sandbox, owner=self.owner, job="create", start=True)
         assert job_id is not None
-        claimed = self.jobs.claim(self.owner, job_id=job_id)
-        timings["queue"] = _ms(t0)
+        clock.mark("queue")
+        sandbox = sandbox.model_copy(update={"state": SandboxState.STARTING})
         directory = self.settings.sandboxes_dir / sandbox.id
         live = LiveSandbox(sandbox, runtime, directory, directory / "a.sock", env, workdir)
         live.has_agent = image.python is not None
         self._live[sandbox.id] = live
         try:
-            if not claimed:
-                raise ConflictError(f"the create job of {sandbox.id} was claimed by another node")
-            sandbox = self.sandboxes.update(sandbox, state=SandboxState.STARTING)
-            live.sandbox = sandbox
             await self._start_container(
-                live, self.images.rootfs(image.hash), image.python, resources, timings, t0
+                live,
+                self.images.rootfs(image.hash),
+                image.python,
+                resources,
+                clock,
+                preimport=template.spec.preimport,
+                extra_lowers=snapshots.lowers(self, snap) if snap is not None else (),
             )
-            timings["create"] = _ms(t0)
+            clock.phases["create"] = clock.since_start()
             now = datetime.now(UTC)
             live.sandbox = self.sandboxes.update(
                 live.sandbox,
+                job_done=(job_id, self.owner),
                 state=SandboxState.RUNNING,
                 started_at=now,
                 expires_at=now + timedelta(seconds=spec.timeout),
-                timings_ms=timings,
+                timings_ms=clock.phases,
             )
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, TartarusError) else f"start failed: {exc!r}"
             await asyncio.shield(self._finish(live, SandboxState.FAILED, reason=reason))
-            if claimed:
-                self.jobs.finish(job_id, self.owner, error=reason)
+            self.jobs.finish(job_id, self.owner, error=reason)
             raise
-        self.jobs.finish(job_id, self.owner)
         live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
+        self._started(live, clock)
         return live.sandbox
+
+    async def _fit(self, live: LiveSandbox, resources: Resources) -> bool:
+        """Lower a pooled sandbox's limits to what the request asked for; on failure it is
+        discarded and the request starts cold instead."""
+        if resources == live.sandbox.resources:
+            return True
+        try:
+            await live.runtime.resize(live.sandbox.id, resources, live.directory / "bundle")
+            if resources.disk_mb != live.sandbox.resources.disk_mb:
+                Overlay(live.directory).resize(resources.disk_mb)
+            live.sandbox = self.sandboxes.update(live.sandbox, resources=resources)
+        except (TartarusError, OSError) as exc:
+            sid = live.sandbox.id
+            log.warning("could not resize a pooled sandbox", sandbox=sid, error=str(exc))
+            await self.kill(live.sandbox.id, reason=f"resize for hand-out failed: {exc}")
+            return False
+        return True
+
+    async def _hand_out(
+        self,
+        live: LiveSandbox,
+        spec: SandboxSpec,
+        tenant: str | None,
+        env: dict[str, str],
+        io: MainIO | None,
+        clock: PhaseClock,
+    ) -> Sandbox:
+        """Give a pooled sandbox to a request: its owner, environment, deadline and main
+        command are the request's from now on. If that fails, the sandbox is killed and the
+        request fails (never half handed out)."""
+        try:
+            if live.has_agent and env != live.env:  # run_code contexts start from it
+                await live.client.set_env(env)
+            live.env = env
+            now = datetime.now(UTC)
+            expires = now + timedelta(seconds=spec.timeout)
+            if live.has_agent:  # only a backstop: not worth a round trip before answering
+                deadline = expires.timestamp() + AGENT_GRACE_S
+                self._spawn(live, lambda: live.client.set_deadline(deadline))
+            clock.mark("pool")
+            live.sandbox = self.sandboxes.update(
+                live.sandbox,
+                spec=spec,
+                tenant=tenant,
+                pool=None,
+                started_at=now,
+                expires_at=expires,
+                timings_ms={**clock.phases, "create": clock.since_start()},
+            )
+            live.deadline_moved.set()
+            if spec.command:  # the pool's idle supervisor makes way for one with the command
+                assert live.task is not None
+                live.detached = True
+                live.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.task
+                live.detached = False
+                live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
+        except BaseException:
+            await asyncio.shield(self.kill(live.sandbox.id, reason="hand-out from pool failed"))
+            raise
+        self._started(live, clock, guest=False)  # its guest answered long ago, in the pool
+        return live.sandbox
+
+    def _started(self, live: LiveSandbox, clock: PhaseClock, *, guest: bool = True) -> None:
+        for phase, ms in clock.phases.items():
+            self._observe(phase, ms)
+        self._late.pop(live.sandbox.id, None)  # a pooled one's were the pool's
+        self._clocks[live.sandbox.id] = clock  # until its first exec
+        if guest and live.has_agent:
+            self._spawn(live, lambda: self._guest_ready(live, clock))
+
+    def _spawn(self, live: LiveSandbox, work: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Run `work` for `live` in the background (cancelled at close); its failure is
+        only logged, and not even that once the sandbox has ended."""
+
+        async def guarded() -> None:
+            try:
+                await work()  # made here: a task cancelled before it ran leaves no coroutine
+            except (AgentError, OSError) as exc:
+                if not live.done.is_set() and not live.killed.is_set():
+                    log.warning("background work failed", sandbox=live.sandbox.id, error=str(exc))
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guest_ready(self, live: LiveSandbox, clock: PhaseClock) -> None:
+        await live.quiet_client.ping()  # never wakes a hibernated one
+        clock.mark("guest_ready")
+        self._record_phase(live, "guest_ready", clock.phases["guest_ready"])
+
+    def _record_phase(
+        self, live: LiveSandbox, phase: str, ms: float, *, persist: bool = False
+    ) -> None:
+        """Add a phase measured after the sandbox started. It is shown at once (`get`) and
+        written with the next write that carries timings (`persist`: now); never fails the
+        caller."""
+        self._observe(phase, ms)
+        if live.done.is_set():
+            return
+        self._late.setdefault(live.sandbox.id, {})[phase] = ms
+        if not persist:
+            return
+        try:
+            live.sandbox = self.sandboxes.update(live.sandbox, timings_ms=self._timings(live))
+        except TartarusError as exc:
+            log.warning("could not record a phase", sandbox=live.sandbox.id, error=str(exc))
+
+    def _timings(self, live: LiveSandbox) -> dict[str, float]:
+        return {**live.sandbox.timings_ms, **self._late.get(live.sandbox.id, {})}
+
+    def _observe(self, phase: str, ms: float) -> None:
+        for listener in self.phase_listeners:
+            listener(phase, ms)
 
     async def _start_container(
         self,
@@ -199,8 +376,10 @@ class Engine:
         lower: Path,
         python: str | None,
         resources: Resources,
-        timings: dict[str, float],
-        t0: float,
+        clock: PhaseClock,
+        *,
+        preimport: tuple[str, ...] = (),
+        extra_lowers: Sequence[Path] = (),
     ) -> None:
         assert self._guest_dir is not None, "Engine.open() was not called"
         live.directory.mkdir(mode=0o711)
@@ -213,8 +392,8 @@ class Engine:
                 raise InvalidRequestError(f"workdir {live.workdir} is not a directory")
             if existing is None:  # created for the user; an existing directory stays as is
                 owned[live.workdir] = (uid, gid, 0o755)
-        overlay.mount(lower, resources.disk_mb, owned)
-        timings["overlay"] = _ms(t0)
+        overlay.mount(lower, resources.disk_mb, owned, extra_lowers=extra_lowers)
+        clock.mark("overlay")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(live.socket_path))
@@ -223,7 +402,7 @@ class Engine:
             config = ContainerConfig(
                 id=live.sandbox.id,
                 rootfs=overlay.rootfs,
-                args=_init_args(python, deadline),
+                args=_init_args(python, deadline, preimport),
                 env=live.env,
                 cwd=HOME,
                 resources=resources,
@@ -237,10 +416,11 @@ class Engine:
             )
         finally:
             listener.close()  # the container holds its own copy
-        timings["runtime"] = _ms(t0)
+        clock.mark("runtime")
 
     async def _supervise(self, live: LiveSandbox, io: MainIO, *, resume: bool = False) -> None:
         spec = live.sandbox.spec
+        hibernate.attach(self, live)  # uses wake it when hibernated
         waiters: set[asyncio.Future[Any]] = set()
         main: asyncio.Task[ExecResult] | None = None
         killed = asyncio.ensure_future(live.killed.wait())
@@ -264,11 +444,12 @@ class Engine:
         try:
             while True:
                 moved = asyncio.ensure_future(live.deadline_moved.wait())
-                expires = live.sandbox.expires_at or datetime.now(UTC)
-                remaining = (expires - datetime.now(UTC)).total_seconds()
+                remaining = lifecycle.seconds_left(live.sandbox)  # None while paused
+                if live.container_away:  # being hibernated or woken, or hibernated
+                    remaining = None
                 done, _ = await asyncio.wait(
                     waiters | {moved},
-                    timeout=max(remaining, 0),
+                    timeout=None if remaining is None else max(remaining, 0),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 moved.cancel()
@@ -278,6 +459,7 @@ class Engine:
                 done.discard(moved)
                 break
             state, exit_code, reason = await self._outcome(live, done, main, killed)
+            state, exit_code, reason = lifecycle.final_outcome(live, state, exit_code, reason)
         except BaseException as exc:
             state, exit_code, reason = SandboxState.FAILED, None, f"supervisor error: {exc!r}"
             raise
@@ -316,7 +498,7 @@ class Engine:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             status = await live.runtime.status(live.sandbox.id)
-            if status in (None, ContainerStatus.STOPPED):
+            if status in (None, ContainerStatus.STOPPED) and not live.container_away:
                 return
 
     async def _finish(
@@ -348,12 +530,13 @@ class Engine:
             try:
                 live.sandbox = self.sandboxes.update(
                     live.sandbox,
+                    release=True,
                     state=state,
                     exit_code=exit_code,
                     reason=reason,
                     finished_at=datetime.now(UTC),
+                    timings_ms=self._timings(live),
                 )
-                self.sandboxes.set_owner(sid, None)
             except Exception as exc:  # the store may be gone; the sandbox is released anyway
                 errors.append(f"record: {exc}")
                 live.sandbox = live.sandbox.model_copy(
@@ -363,18 +546,24 @@ class Engine:
             if errors:
                 log.error("cleanup incomplete", sandbox=sid, errors=errors)
             self._live.pop(sid, None)
+            self._clocks.pop(sid, None)
+            self._late.pop(sid, None)
             live.done.set()
 
     async def readopt(self, sandbox: Sandbox) -> bool:
-        """Supervise again a running sandbox whose engine died; False if it cannot be.
+        """Supervise again a running sandbox whose engine died; False if it cannot be. A
+        paused one stays paused, with the time it had left; a hibernated one stays hibernated.
 
         A main command is re-attached when it runs detached in the guest; one that was an
         ordinary exec (stdin fed by the dead engine) died with its connection.
         """
         runtime = self.runtimes.runtimes.get(sandbox.runtime)
-        if sandbox.state != SandboxState.RUNNING or runtime is None:
+        paused = sandbox.state == SandboxState.PAUSED  # stays paused, its time left kept
+        hibernated = sandbox.state == SandboxState.HIBERNATED  # nothing runs: files on disk
+        if not (paused or hibernated or sandbox.state == SandboxState.RUNNING) or runtime is None:
             return False
-        if await runtime.status(sandbox.id) != ContainerStatus.RUNNING:
+        expected = ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
+        if not hibernated and await runtime.status(sandbox.id) != expected:
             return False
         try:
             template = self.catalog.resolve(sandbox.spec.template)
@@ -391,8 +580,14 @@ class Engine:
         with contextlib.suppress(OSError, ValueError):
             live.init_pid = int((directory / "bundle" / "init.pid").read_text())
         try:
-            await asyncio.wait_for(live.client.ping(), timeout=2.0)
-            if sandbox.spec.command:
+            if hibernated:
+                if not hibernate.readoptable(self, live):
+                    return False
+            elif not paused:
+                await asyncio.wait_for(live.client.ping(), timeout=2.0)
+            elif not await lifecycle.readoptable_while_paused(self, live):
+                return False
+            if sandbox.spec.command and sandbox.state == SandboxState.RUNNING:
                 status = await asyncio.wait_for(live.client.main_status(), timeout=2.0)
                 if not status.get("started"):
                     return False
@@ -409,7 +604,12 @@ class Engine:
     def get(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
         """The record; another tenant's sandbox is as unknown as a missing one."""
         live = self._live.get(sandbox_id)
-        sandbox = live.sandbox if live is not None else self.sandboxes.get(sandbox_id)
+        if live is None:
+            sandbox = self.sandboxes.get(sandbox_id)
+        elif sandbox_id in self._late:
+            sandbox = live.sandbox.model_copy(update={"timings_ms": self._timings(live)})
+        else:
+            sandbox = live.sandbox
         if tenant is not None and sandbox.tenant != tenant:
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         return sandbox
@@ -432,11 +632,15 @@ class Engine:
 
     # -- operations on running sandboxes ------------------------------------------------------
 
-    def _get_live(self, sandbox_id: str, tenant: str | None = None) -> LiveSandbox:
+    def _get_live(
+        self, sandbox_id: str, tenant: str | None = None, *, paused_ok: bool = False
+    ) -> LiveSandbox:
         sandbox = self.get(sandbox_id, tenant=tenant)  # NotFoundError first
         live = self._live.get(sandbox_id)
         if live is None:
             raise ConflictError(f"sandbox {sandbox_id} is {sandbox.state.value}, not running")
+        if live.sandbox.state == SandboxState.PAUSED and not paused_ok:
+            raise ConflictError(f"sandbox {sandbox_id} is paused; resume it first")
         return live
 
     def agent(self, sandbox_id: str, *, tenant: str | None = None) -> AgentClient:
@@ -483,7 +687,7 @@ class Engine:
         if not argv:
             raise InvalidRequestError("exec needs a command")
         live = self._get_live(sandbox_id, tenant)
-        return await live.exec(
+        result = await live.exec(
             argv,
             env={**live.env, **(env or {})},
             cwd=cwd or live.workdir,
@@ -492,6 +696,13 @@ class Engine:
             on_stdout=on_stdout,
             on_stderr=on_stderr,
         )
+        clock = self._clocks.pop(sandbox_id, None)
+        if clock is not None:  # written after the caller has its result
+            ms = clock.since_start()
+            asyncio.get_running_loop().call_soon(
+                functools.partial(self._record_phase, live, "first_exec", ms, persist=True)
+            )
+        return result
 
     async def set_timeout(
         self, sandbox_id: str, seconds: float, *, tenant: str | None = None
@@ -518,9 +729,53 @@ class Engine:
             raise ConflictError(f"sandbox {sandbox_id} is supervised by another engine")
         if live.kill_reason is None:
             live.kill_reason = reason
+        while live.container_away and live.lifecycle_lock.locked() and not live.done.is_set():
+            await asyncio.sleep(0.02)  # a hibernation or a wake is halfway: let it end first
         live.killed.set()
         await live.done.wait()
         return live.sandbox
+
+    async def pause(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
+        """Freeze every process of the sandbox, memory kept; its timeout stops counting."""
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await lifecycle.pause(self, live, AGENT_GRACE_S)
+
+    async def resume(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
+        """Thaw a paused sandbox; its deadline moves by the time it spent paused."""
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await lifecycle.resume(self, live, AGENT_GRACE_S)
+
+    async def hibernate(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
+        """Save the sandbox's memory and writable layer to disk and release its container,
+        cgroups and mounts; its timeout stops counting (node/hibernate.py)."""
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await hibernate.hibernate(self, live)
+
+    async def wake(self, sandbox_id: str, *, tenant: str | None = None) -> Sandbox:
+        """Restore a hibernated sandbox; any use of one does this by itself."""
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await hibernate.wake(self, live)
+
+    async def terminate(
+        self, sandbox_id: str, *, tenant: str | None = None, grace: float | None = None
+    ) -> Sandbox:
+        """SIGTERM every process but the guest agent, give them `grace` seconds (default:
+        the template's, else the configured one), then kill; the final record says how it
+        ended (node/lifecycle.py). An ended sandbox is returned as it is."""
+        sandbox = self.get(sandbox_id, tenant=tenant)
+        seconds = lifecycle.grace_for(self, sandbox, grace)
+        if sandbox.terminal:
+            return sandbox
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await lifecycle.terminate(self, live, seconds, AGENT_GRACE_S)
+
+    async def snapshot(
+        self, sandbox_id: str, *, name: str | None = None, tenant: str | None = None
+    ) -> Snapshot:
+        """Save the sandbox's files (its writable layer, copied while it is paused) as a
+        snapshot that new sandboxes start from (node/snapshots.py)."""
+        live = self._get_live(sandbox_id, tenant, paused_ok=True)
+        return await snapshots.take(self, live, name)
 
     def logs(
         self,
@@ -549,21 +804,19 @@ class Engine:
         return list(self._live)
 
 
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 2)
-
-
 def _environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, str], str]:
     """The environment and working directory commands get: base, template, then request."""
     return {**BASE_ENV, **template.env, **spec.env}, spec.workdir or template.workdir
 
 
-def _init_args(python: str | None, deadline: float) -> list[str]:
+def _init_args(python: str | None, deadline: float, preimport: tuple[str, ...] = ()) -> list[str]:
     """The sandbox's init: the guest agent, or for images without python3 a shell loop of the
-    host's static busybox that just keeps the sandbox alive for runtime exec."""
+    host's static busybox that just keeps the sandbox alive for runtime exec. The agent's
+    zygote pre-imports the template's `preimport` modules (guest/zygote.py)."""
     if python is not None:
-        agent = f"{GUEST_MOUNT}/agent.py"
-        return [python, "-I", "-S", agent, "--fd", "3", "--deadline", f"{deadline:.3f}"]
+        agent = f"{GUEST_MOUNT}/start.py"  # a stub: the agent proper loads precompiled
+        args = [python, "-I", "-S", agent, "--fd", "3", "--deadline", f"{deadline:.3f}"]
+        return [*args, "--preimport", ",".join(preimport)]
     busybox = f"{GUEST_MOUNT}/busybox"
     loop = f"trap 'exit 0' TERM; while :; do {busybox} sleep 3600 & wait $!; done"
     return [busybox, "sh", "-c", loop]

@@ -1,19 +1,23 @@
 """What the engine holds for each sandbox it supervises, and how commands reach it.
 
 Commands go through the guest agent when the image has python3, and through the runtime's
-own exec otherwise; callers of `LiveSandbox.exec` do not need to know which.
+own exec otherwise; callers of `LiveSandbox.exec` do not need to know which. Every use from
+outside (agent calls, runtime execs) first wakes a hibernated sandbox (`waker`, set by
+node/hibernate.py) and is counted, so Hypnos knows when a sandbox is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tartarus.errors import AgentError, CapabilityError
 from tartarus.models import ExecResult, Sandbox
-from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.agent_client import AgentClient, OutputCallback, _Connection
 from tartarus.node.logs import OutputLog
 from tartarus.runtimes.base import Runtime
 
@@ -35,10 +39,17 @@ class LiveSandbox:
     output: OutputLog | None = None
     kill_reason: str | None = None
     detached: bool = False  # the engine is leaving it running for another engine
+    terminating: bool = False  # SIGTERM sent: the final record says how it ended (lifecycle)
+    lifecycle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # pause/resume/terminate
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     deadline_moved: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Hypnos (node/hibernate.py): no container while hibernated (or being hibernated or woken)
+    container_away: bool = False
+    waker: Callable[[], Awaitable[None]] | None = None  # wakes it first if it is hibernated
+    in_use: int = 0  # agent connections and runtime execs open right now
+    last_used: float = field(default_factory=time.time)  # when the last one ended
 
     @property
     def client(self) -> AgentClient:
@@ -46,7 +57,24 @@ class LiveSandbox:
             raise CapabilityError(
                 self.runtime.name, "files and code", "the image has no python3 for the guest agent"
             )
-        return AgentClient(str(self.socket_path))
+        return _UsedClient(self)
+
+    @property
+    def quiet_client(self) -> AgentClient:
+        """For the engine's own checks: counted while open, but it never wakes the sandbox."""
+        return _UsedClient(self, wake=False)
+
+    @asynccontextmanager
+    async def using(self) -> AsyncIterator[None]:
+        """Wake it if hibernated, and count the use while it lasts."""
+        if self.waker is not None:
+            await self.waker()
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self.last_used = time.time()
 
     async def run_main(
         self,
@@ -124,19 +152,53 @@ class LiveSandbox:
         if stdin is not None and not isinstance(stdin, bytes):
             stdin = b"".join([chunk async for chunk in stdin])
         out, err = bytearray(), bytearray()
-        result = await self.runtime.exec(
-            self.sandbox.id,
-            argv,
-            env=env,
-            cwd=cwd,
-            uid=USER_UID,
-            gid=USER_GID,
-            stdin=stdin,
-            on_stdout=sink(on_stdout, out),
-            on_stderr=sink(on_stderr, err),
-            timeout=timeout,
-        )
+        async with self.using():
+            result = await self.runtime.exec(
+                self.sandbox.id,
+                argv,
+                env=env,
+                cwd=cwd,
+                uid=USER_UID,
+                gid=USER_GID,
+                stdin=stdin,
+                on_stdout=sink(on_stdout, out),
+                on_stderr=sink(on_stderr, err),
+                timeout=timeout,
+            )
         return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
+
+
+class _UsedClient(AgentClient):
+    """The agent client of a live sandbox: each connection wakes it first and counts as a use
+    until it is closed (every call closes its connection)."""
+
+    def __init__(self, live: LiveSandbox, *, wake: bool = True) -> None:
+        super().__init__(str(live.socket_path))
+        self._live = live
+        self._wake = wake
+
+    async def _connect(self) -> _Connection:
+        live = self._live
+        if live.waker is not None and self._wake:
+            await live.waker()
+        conn = await super()._connect()
+        return _CountedConnection(conn, live)
+
+
+class _CountedConnection(_Connection):
+    def __init__(self, conn: _Connection, live: LiveSandbox) -> None:
+        super().__init__(conn.reader, conn.writer)
+        self._live: LiveSandbox | None = live
+        live.in_use += 1
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self._live is not None:  # once, however often it is closed
+                self._live.in_use -= 1
+                self._live.last_used = time.time()
+                self._live = None
 
 
 @dataclass

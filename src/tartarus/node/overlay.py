@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from tartarus.runtimes import hostns
+
+LOWERS_FILE = "lowers"  # the stacked lowerdir of a sandbox started from a snapshot
 
 
 class Overlay:
@@ -23,8 +26,16 @@ class Overlay:
         self.layer = directory / "layer"
         self.rootfs = directory / "rootfs"
 
-    def mount(self, lower: Path, disk_mb: int, owned_dirs: dict[str, tuple[int, int, int]]) -> None:
-        """Mount the layer; `owned_dirs` maps paths to (uid, gid, mode) pre-created in upper."""
+    def mount(
+        self,
+        lower: Path,
+        disk_mb: int,
+        owned_dirs: dict[str, tuple[int, int, int]],
+        *,
+        extra_lowers: Sequence[Path] = (),
+    ) -> None:
+        """Mount the layer; `owned_dirs` maps paths to (uid, gid, mode) pre-created in upper.
+        `extra_lowers` (a snapshot's layers, topmost first) lie between it and `lower`."""
         self.layer.mkdir(parents=True, exist_ok=True)
         self.rootfs.mkdir(exist_ok=True)
         hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", f"size={disk_mb}m,mode=0755")
@@ -36,8 +47,23 @@ class Overlay:
             target.mkdir(parents=True, exist_ok=True)
             os.chown(target, uid, gid)
             target.chmod(mode)
-        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        lowers = ":".join(map(str, [*extra_lowers, lower]))
+        if extra_lowers:  # a remount (a wake) must stack the same layers
+            (self.directory / LOWERS_FILE).write_text(lowers)
+        options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
         hostns.mount("tartarus-overlay", str(self.rootfs), "overlay", options)
+
+    def lowerdir(self, image: Path) -> str:
+        """The overlay's `lowerdir` as mounted: `image` alone unless a snapshot lies above."""
+        try:
+            return (self.directory / LOWERS_FILE).read_text()
+        except FileNotFoundError:
+            return str(image)
+
+    def resize(self, disk_mb: int) -> None:
+        """A new size for the writable layer (its tmpfs); less than what it holds fails."""
+        options = f"size={disk_mb}m,mode=0755"
+        hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", options, hostns.MS_REMOUNT)
 
     def unmount(self) -> None:
         hostns.umount(str(self.rootfs))

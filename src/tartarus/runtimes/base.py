@@ -1,14 +1,17 @@
 """The unified runtime interface: every isolation technology behind one lifecycle.
 
 An adapter declares what it can do (`Capabilities`) and `probe()` says whether it works on
-this host and, if not, why and what to install. Anything it cannot do raises
-`CapabilityError` naming the runtime and the capability; nothing pretends. Runtimes know
-nothing of the store or the API: they get a `ContainerConfig` and a bundle directory.
+this host and, if not, why and what to install; the probe also tries the optional parts
+(pause, checkpoint/restore), so `probed_capabilities` reports what really works here.
+Anything it cannot do raises `CapabilityError` naming the runtime and the capability; nothing
+pretends. Runtimes know nothing of the store or the API: they get a `ContainerConfig` and a
+bundle directory.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,8 +30,8 @@ class ContainerStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
-    pause: bool = False
-    checkpoint: bool = False
+    pause: bool = False  # freeze every process keeping memory (cgroup freezer, runsc pause)
+    checkpoint: bool = False  # memory to disk and back (hibernate)
     userns: bool = False
     exec_channel: str = "agent"  # our guest agent; "runtime exec" serves python-less images
     network_modes: tuple[str, ...] = ("none",)
@@ -40,6 +43,10 @@ class ProbeResult:
     version: str = ""
     reason: str = ""  # why it does not work
     hint: str = ""  # what to install or change
+    pause: bool = False  # a probe sandbox was really paused and resumed
+    pause_error: str = ""  # why not, if the runtime declares pause
+    checkpoint: bool = False  # a probe sandbox was really checkpointed and restored
+    checkpoint_error: str = ""  # why not
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,21 @@ class ContainerConfig:
 class Runtime(abc.ABC):
     name: str
     capabilities: Capabilities
+    # a checkpoint cannot save a host socket (CRIU): the engine moves the guest agent off its
+    # host listening socket around one (node/parking.py)
+    needs_agent_parking: bool = False
 
     def __init__(self, root: Path) -> None:
         self.root = root  # the runtime's own state lives here, apart from other users'
+
+    def probed_capabilities(self, probe: ProbeResult) -> Capabilities:
+        """The declared capabilities, minus those this host's probe could not confirm."""
+        declared = self.capabilities
+        return dataclasses.replace(
+            declared,
+            pause=declared.pause and probe.works and probe.pause,
+            checkpoint=declared.checkpoint and probe.works and probe.checkpoint,
+        )
 
     @abc.abstractmethod
     async def probe(self) -> ProbeResult: ...
@@ -92,11 +111,19 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, container_id: str) -> None:
-        """Remove the container (killing it first if needed); a missing one is not an error."""
+        """Remove the container (killing it first, thawing it if paused); a missing one is not
+        an error."""
 
     @abc.abstractmethod
     async def list_ids(self) -> list[str]:
         """Ids of the containers this runtime holds in our state root."""
+
+    resizable: bool = False  # `resize` can change a running container's cgroup limits
+
+    async def resize(self, container_id: str, resources: Resources, bundle: Path) -> None:
+        """Set the running container's memory, CPU and pids limits (a warm pool's sandbox
+        handed to a request that asked for less)."""
+        raise CapabilityError(self.name, "resize", "it cannot change a running sandbox's limits")
 
     async def exec(
         self,
@@ -116,7 +143,21 @@ class Runtime(abc.ABC):
         raise CapabilityError(self.name, "exec without the guest agent")
 
     async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container; memory stays as it is."""
         raise CapabilityError(self.name, "pause")
 
     async def resume(self, container_id: str) -> None:
+        """Thaw a paused container."""
         raise CapabilityError(self.name, "resume")
+
+    async def checkpoint(self, container_id: str, image_dir: Path) -> None:
+        """Write every process's memory and state to `image_dir`; the container is gone
+        afterwards (deleted, its cgroups removed). The root filesystem is the caller's."""
+        raise CapabilityError(self.name, "checkpoint")
+
+    async def restore(
+        self, config: ContainerConfig, bundle: Path, log: Path, image_dir: Path
+    ) -> int:
+        """Bring a checkpointed container back from `image_dir` (same id, bundle and rootfs
+        path as at its start; `config.pass_fds` as for `start`); returns the init's pid."""
+        raise CapabilityError(self.name, "restore")

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tartarus.models import Resources
 from tartarus.runtimes.base import ContainerConfig
 from tartarus.runtimes.seccomp import default_profile
 
@@ -48,9 +49,18 @@ def host_uid(container_uid: int) -> int:
     return HOST_UID_BASE + container_uid
 
 
+def cgroup_limits(res: Resources) -> dict[str, Any]:
+    """The OCI `linux.resources` limits for `res` (also what `runtime update` takes)."""
+    memory = res.memory_mb * 1024 * 1024
+    return {
+        "memory": {"limit": memory, "swap": memory},
+        "cpu": {"quota": int(res.cpu * CPU_PERIOD_US), "period": CPU_PERIOD_US},
+        "pids": {"limit": res.pids},
+    }
+
+
 def build_spec(config: ContainerConfig) -> dict[str, Any]:
     res = config.resources
-    memory = res.memory_mb * 1024 * 1024
     mounts: list[dict[str, Any]] = [
         {
             "destination": "/proc",
@@ -121,9 +131,7 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
                 {"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")
             ],
             "resources": {
-                "memory": {"limit": memory, "swap": memory},
-                "cpu": {"quota": int(res.cpu * CPU_PERIOD_US), "period": CPU_PERIOD_US},
-                "pids": {"limit": res.pids},
+                **cgroup_limits(res),
                 "devices": [{"allow": False, "access": "rwm"}],
             },
             "cgroupsPath": f"/{CGROUP_PARENT}/{config.id}",

@@ -3,6 +3,7 @@
 On cgroup-v1-hybrid hosts crun refuses to create containers unless it cannot see the
 cgroup2 mount; see `hostns`. When the engine thread is already in its private namespace
 (the normal case) crun runs directly; otherwise each create pays for an `unshare` wrapper.
+It cannot hibernate sandboxes here: Debian's crun is built without CRIU (runc can).
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ class CrunRuntime(OCIRuntime):
             "sh",
             *self.command_prefix(),
         ]
+
+    async def checkpoint_unavailable(self) -> str | None:
+        # crun checkpoints through libcriu only when built with it (`+CRIU` in --version);
+        # Debian 12's 1.8.1 is not, and we do not build crun
+        if "+CRIU" not in await self.version_features():
+            return "this crun is built without CRIU support (no +CRIU in `crun --version`)"
+        return "checkpoint through crun is not wired up; runc with CRIU is"
+
+    async def version_features(self) -> str:
+        _, out, _ = await self._run("--version", prefix=[self.binary], check=False)
+        return out
 
     def failure_hint(self, error: str) -> str:
         if "hybrid" in error:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
+MS_REMOUNT = 32
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 

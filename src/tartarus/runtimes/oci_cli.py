@@ -3,6 +3,10 @@
 Both runtimes speak the same CLI. Subclasses only say how to invoke the binary and how to
 explain a failed probe. Each runtime keeps its state under our own `--root`, so `list`
 shows only Tartarus containers and a leak check can look there.
+
+Pause is the cgroup freezer (`pause`/`resume`, about 10 ms). A frozen process cannot die, so
+`delete` thaws a frozen container first: crun's `delete --force` would otherwise report
+success and leave the frozen init behind.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tartarus.errors import RuntimeUnavailableError
+from tartarus.errors import CapabilityError, RuntimeUnavailableError
 from tartarus.models import ExecResult, Resources
-from tartarus.runtimes import cgroups, hostns, reaper
+from tartarus.runtimes import cgroups, hostns, reaper, spawn
 from tartarus.runtimes.base import (
     BindMount,
     Capabilities,
@@ -28,7 +32,8 @@ from tartarus.runtimes.base import (
     ProbeResult,
     Runtime,
 )
-from tartarus.runtimes.bundle import CAPABILITY_SETS, CGROUP_PARENT, write_bundle
+from tartarus.runtimes.bundle import CAPABILITY_SETS, CGROUP_PARENT, cgroup_limits, write_bundle
+from tartarus.runtimes.cgroups import CGROUP_ROOT
 
 
 class OCIRuntime(Runtime):
@@ -50,18 +55,11 @@ class OCIRuntime(Runtime):
     ) -> tuple[int, str, str]:
         argv = [*(prefix or self.command_prefix()), *args]
         try:
-            proc = await reaper.spawn(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            rc, out, err = await spawn.run(argv)
         except FileNotFoundError as exc:
             raise RuntimeUnavailableError(
                 f"{self.name}: {argv[0]} not found; install the {self.package!r} package"
             ) from exc
-        out, err = await proc.communicate()
-        rc = proc.returncode if proc.returncode is not None else -1
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and rc != 0:
             raise RuntimeUnavailableError(f"{self.name} {args[0]} failed: {_last_line(stderr)}")
@@ -73,38 +71,41 @@ class OCIRuntime(Runtime):
         self.root.mkdir(parents=True, exist_ok=True)
         write_bundle(config, bundle)
         pid_file = bundle / "init.pid"
-        argv = [*self.create_prefix(), "run", "--detach", "--bundle", str(bundle)]
-        argv += ["--pid-file", str(pid_file)]
+        argv = [*self.create_prefix(), *self.log_args(log), "run", "--detach"]
+        argv += ["--bundle", str(bundle), "--pid-file", str(pid_file)]
         if config.pass_fds:
             argv += ["--preserve-fds", str(len(config.pass_fds))]
         argv.append(config.id)
-        fds = list(config.pass_fds)
-
-        def remap_fds() -> None:  # runs in the child between fork and exec
-            for i, fd in enumerate(fds):
-                os.dup2(fd, 3 + i)
-
         # The container inherits the runtime's stdio, so no pipe of ours may be among them
         # (waiting for its EOF would wait for the sandbox's end): both go to the log file.
-        with open(log, "ab") as logf:
-            offset = logf.tell()
-            proc = await reaper.spawn(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                pass_fds=[3 + i for i in range(len(fds))],
-                preexec_fn=remap_fds if fds else None,
-            )
-            await proc.wait()
-        if proc.returncode != 0:
+        offset = log.stat().st_size if log.exists() else 0
+        try:
+            rc, _, _ = await spawn.run(argv, fds=config.pass_fds, output=self.stdio(log))
+        except FileNotFoundError as exc:
+            raise RuntimeUnavailableError(
+                f"{self.name}: {argv[0]} not found; install the {self.package!r} package"
+            ) from exc
+        if rc != 0:
             with open(log, "rb") as reader:
                 reader.seek(offset)
                 err = reader.read(65536).decode(errors="replace")
             raise RuntimeUnavailableError(
-                f"{self.name} could not start the sandbox: {_last_line(err)}"
+                f"{self.name} could not start the sandbox: {self.last_error(err)}"
             )
         return int(pid_file.read_text().strip())
+
+    def last_error(self, output: str) -> str:
+        """The line of the runtime's output that says what went wrong."""
+        return _last_line(output)
+
+    def log_args(self, log: Path) -> list[str]:
+        """Global options that send the runtime's own messages to `log` (see `stdio`)."""
+        return []
+
+    def stdio(self, log: Path) -> Path:
+        """Where the container's stdout and stderr go: the log, where the runtime's own
+        errors land too (runc says otherwise: CRIU cannot checkpoint a host file there)."""
+        return log
 
     async def status(self, container_id: str) -> ContainerStatus | None:
         rc, out, _ = await self._run("state", container_id, check=False)
@@ -118,7 +119,16 @@ class OCIRuntime(Runtime):
     async def kill(self, container_id: str, signal: int = 9) -> None:
         await self._run("kill", container_id, str(signal), check=False)
 
+    resizable = True
+
+    async def resize(self, container_id: str, resources: Resources, bundle: Path) -> None:
+        path = bundle / "resources.json"
+        path.write_text(json.dumps(cgroup_limits(resources)))
+        await self._run("update", "--resources", str(path), container_id)
+
     async def delete(self, container_id: str) -> None:
+        if _frozen(container_id):
+            await self._run("resume", container_id, check=False)
         rc, _, err = await self._run("delete", "--force", container_id, check=False)
         if rc != 0 and await self.status(container_id) is not None:
             raise RuntimeUnavailableError(f"{self.name} delete failed: {_last_line(err)}")
@@ -248,33 +258,89 @@ class OCIRuntime(Runtime):
         probe_dir = self.root.parent / f"probe-{self.name}"
         rootfs = probe_dir / "rootfs"
         cid = f"probe-{self.name}-{os.getpid()}"
+        pids: list[int] = []
         try:
             _make_probe_rootfs(rootfs, Path(busybox))
             config = ContainerConfig(
                 id=cid,
                 rootfs=rootfs,
-                args=["/bin/busybox", "true"],
+                args=["/bin/busybox", "sleep", "30"],
                 env={},
                 cwd="/",
                 resources=Resources(memory_mb=64, pids=32, cpu=0.5, disk_mb=1),
                 binds=[BindMount(rootfs / "bin", "/mnt")],
             )
             log = probe_dir / "log"
-            pid = await self.start(config, probe_dir / "bundle", log)
-            for _ in range(100):
-                if await self.status(cid) in (ContainerStatus.STOPPED, None):
-                    break
-                await asyncio.sleep(0.02)
-            await reaper.reap(pid, timeout=1.0)  # it may have been re-parented to us
-            return ProbeResult(True, version)
+            pids.append(await self.start(config, probe_dir / "bundle", log))
+            paused, why = await self._probe_pause(cid) if self.capabilities.pause else (False, "")
+            saved, saved_why = await self._probe_checkpoint(config, probe_dir, pids)
+            return ProbeResult(
+                True,
+                version,
+                pause=paused,
+                pause_error=why,
+                checkpoint=saved,
+                checkpoint_error=saved_why,
+            )
         except RuntimeUnavailableError as exc:
             return ProbeResult(False, version, str(exc), self.failure_hint(str(exc)))
         finally:
             await self.delete(cid)
+            for pid in pids:
+                await reaper.reap(pid, timeout=2.0)  # it may have been re-parented to us
             shutil.rmtree(probe_dir, ignore_errors=True)
+
+    async def _probe_checkpoint(
+        self, config: ContainerConfig, probe_dir: Path, pids: list[int]
+    ) -> tuple[bool, str]:
+        """Checkpoint the probe sandbox and restore it: (worked, why not)."""
+        if (why := await self.checkpoint_unavailable()) is not None:
+            return False, why
+        image = probe_dir / "checkpoint"
+        try:
+            await self.checkpoint(config.id, image)
+            pids.append(await self.restore(config, probe_dir / "bundle", probe_dir / "log", image))
+            if (status := await self.status(config.id)) != ContainerStatus.RUNNING:
+                return False, f"{self.name} restore left the sandbox {status}"
+        except (RuntimeUnavailableError, CapabilityError) as exc:
+            return False, str(exc)
+        return True, ""
+
+    async def checkpoint_unavailable(self) -> str | None:
+        """Why this runtime cannot checkpoint on this host before trying (None: try it)."""
+        if not self.capabilities.checkpoint:
+            return "not supported by this runtime"
+        return None
+
+    async def _probe_pause(self, cid: str) -> tuple[bool, str]:
+        """Pause and resume the probe sandbox: (worked, why not)."""
+        try:
+            await self.pause(cid)
+            if (status := await self.status(cid)) != ContainerStatus.PAUSED:
+                return False, f"{self.name} pause left the sandbox {status}"
+            await self.resume(cid)
+            if (status := await self.status(cid)) != ContainerStatus.RUNNING:
+                return False, f"{self.name} resume left the sandbox {status}"
+        except RuntimeUnavailableError as exc:
+            return False, str(exc)
+        return True, ""
 
     def failure_hint(self, error: str) -> str:
         return ""
+
+
+def _frozen(container_id: str) -> bool:
+    """Whether the container's freezer cgroup (v1, or v2's cgroup.freeze) is frozen."""
+    for path, frozen in (
+        (CGROUP_ROOT / "freezer" / CGROUP_PARENT / container_id / "freezer.state", "FROZEN"),
+        (CGROUP_ROOT / CGROUP_PARENT / container_id / "cgroup.freeze", "1"),
+    ):
+        try:
+            state = path.read_text().strip()
+        except OSError:
+            continue
+        return state in (frozen, "FREEZING")
+    return False
 
 
 def _make_probe_rootfs(rootfs: Path, busybox: Path) -> None:

@@ -38,7 +38,6 @@ async def reap(pid: int, timeout: float = 2.0) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        reap_sandbox_zombies()
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -47,7 +46,8 @@ async def reap(pid: int, timeout: float = 2.0) -> bool:
             return True
         if loop.time() > deadline:
             return False
-        await asyncio.sleep(0.01)
+        reap_sandbox_zombies()
+        await asyncio.sleep(0.005)
 
 
 def _exists(pid: int) -> bool:
@@ -62,6 +62,15 @@ def _exists(pid: int) -> bool:
 
 RUNTIME_NAMES = frozenset({"crun", "runc", "runsc", "runc:[1:CHILD]", "runc:[2:INIT]"})
 _spawned: set[int] = set()  # runtime processes asyncio started and waits for: never ours to reap
+
+
+def track(pid: int) -> None:
+    """A child someone else waits for (runtimes/spawn.py): the sweep must leave it alone."""
+    _spawned.add(pid)
+
+
+def untrack(pid: int) -> None:
+    _spawned.discard(pid)
 
 
 async def spawn(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
@@ -80,16 +89,12 @@ def reap_sandbox_zombies() -> int:
     """
     me = str(os.getpid())
     reaped = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for pid in _zombie_children(me):
         try:
-            fields = dict(
-                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
-            )
+            text = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        if fields.get("PPid") != me or not fields.get("State", "").startswith("Z"):
-            continue
-        pid = int(status.parent.name)
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
         uid = int(fields.get("Uid", "0").split()[0])
         in_sandbox = len(fields.get("NSpid", "").split()) > 1
         sandbox_uid = HOST_UID_BASE <= uid < HOST_UID_BASE + ID_RANGE
@@ -100,3 +105,23 @@ def reap_sandbox_zombies() -> int:
                 reaped += 1
     _spawned.intersection_update(p for p in _spawned if Path(f"/proc/{p}").exists())
     return reaped
+
+
+def _zombie_children(me: str) -> list[int]:
+    """Our zombie children, from the one-line /proc/PID/stat (a full /proc/PID/status scan
+    of every process costs ~10 ms, and this runs on every sandbox's end)."""
+    found = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            state, ppid = stat[stat.rfind(b")") + 2 :].split(b" ", 2)[:2]
+            if state == b"Z" and ppid.decode() == me:
+                found.append(int(entry.name))
+    return found

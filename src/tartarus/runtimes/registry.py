@@ -1,20 +1,24 @@
 """Which runtimes exist, which work on this host, and which one a sandbox gets.
 
-Probing really starts a tiny sandbox, so its result is cached per runtime binary (path,
-size, mtime) in the state dir; `tartarus doctor` always probes afresh. The default is the
-first runtime in `PREFERENCE` whose probe passed: crun is the fastest here.
+Probing really starts a tiny sandbox (and pauses, checkpoints and restores it), so its result
+is cached per runtime binary and helper (path, size, mtime; runc's CRIU counts) in the state
+dir; `tartarus doctor` always probes afresh. The default is the first runtime in `PREFERENCE`
+whose probe passed: crun is the fastest here. `report()` is what `tartarus doctor` and
+`GET /v1/runtimes` show: each runtime with its probe and the capabilities it confirmed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from tartarus.errors import InvalidRequestError, RuntimeUnavailableError
-from tartarus.runtimes.base import ProbeResult, Runtime
+from tartarus.runtimes.base import Capabilities, ProbeResult, Runtime
 from tartarus.runtimes.crun import CrunRuntime
 from tartarus.runtimes.gvisor import GvisorRuntime
 from tartarus.runtimes.runc import RuncRuntime
@@ -26,6 +30,29 @@ RUNTIME_CLASSES: dict[str, type[Runtime]] = {
 }
 # gvisor is opt-in (`--runtime gvisor`): stronger isolation, about 0.3 s to start
 PREFERENCE = ("crun", "runc")
+PROBE_FORMAT = 3  # bump when a probe learns to check more: older cached results are stale
+
+
+@dataclass(frozen=True)
+class RuntimeReport:
+    name: str
+    probe: ProbeResult
+    capabilities: Capabilities  # as confirmed on this host
+    default: bool  # the one a sandbox gets when it asks for none
+
+    @property
+    def missing(self) -> dict[str, str]:
+        """Capability -> why it is not available here."""
+        out: dict[str, str] = {}
+        if not self.probe.works:
+            out["pause"] = "the runtime does not work here"
+        elif not self.capabilities.pause:
+            out["pause"] = self.probe.pause_error or "not supported by this runtime"
+        if not self.probe.works:
+            out["checkpoint"] = "the runtime does not work here"
+        elif not self.capabilities.checkpoint:
+            out["checkpoint"] = self.probe.checkpoint_error or "not supported by this runtime"
+        return out
 
 
 class RuntimeRegistry:
@@ -35,6 +62,8 @@ class RuntimeRegistry:
             name: cls(self.root / name) for name, cls in RUNTIME_CLASSES.items()
         }
         self._cache_file = self.root / "probes.json"
+        # one probe sandbox per runtime at a time: they share an id and a directory
+        self._probing = {name: asyncio.Lock() for name in self.runtimes}
 
     def get(self, name: str) -> Runtime:
         try:
@@ -45,17 +74,39 @@ class RuntimeRegistry:
 
     async def probe(self, name: str, *, fresh: bool = False) -> ProbeResult:
         runtime = self.get(name)
-        key = _binary_key(getattr(runtime, "binary", name))
-        cache = self._load_cache()
-        entry = cache.get(name)
-        if not fresh and entry and entry.get("key") == key and key is not None:
-            stored = entry["result"]
-            if isinstance(stored, dict):
-                return ProbeResult(**stored)
-        result = await runtime.probe()
-        cache[name] = {"key": key, "result": dataclasses.asdict(result)}
-        self._save_cache(cache)
-        return result
+        binaries = getattr(runtime, "probe_binaries", lambda: [getattr(runtime, "binary", name)])
+        key = _binary_key(*binaries())
+        async with self._probing[name]:
+            cache = self._load_cache()
+            entry = cache.get(name)
+            if not fresh and entry and entry.get("key") == key and key is not None:
+                stored = entry["result"]
+                if isinstance(stored, dict):
+                    return ProbeResult(**stored)
+            result = await runtime.probe()
+            cache = self._load_cache()  # another process may have written meanwhile
+            cache[name] = {"key": key, "result": dataclasses.asdict(result)}
+            self._save_cache(cache)
+            return result
+
+    async def capabilities(self, name: str) -> Capabilities:
+        """What runtime `name` can do on this host (its cached probe)."""
+        return self.get(name).probed_capabilities(await self.probe(name))
+
+    async def report(
+        self, *, fresh: bool = False, default: str | None = None
+    ) -> list[RuntimeReport]:
+        """Every runtime with its probe and confirmed capabilities. `default`: the configured
+        default runtime, if any (else the first of `PREFERENCE` that works)."""
+        probes = {name: await self.probe(name, fresh=fresh) for name in self.runtimes}
+        if default is None:
+            default = next((n for n in PREFERENCE if probes[n].works), None)
+        return [
+            RuntimeReport(
+                name, result, self.runtimes[name].probed_capabilities(result), name == default
+            )
+            for name, result in probes.items()
+        ]
 
     async def select(self, requested: str | None) -> Runtime:
         if requested:
@@ -89,9 +140,16 @@ class RuntimeRegistry:
         tmp.replace(self._cache_file)
 
 
-def _binary_key(binary: str) -> str | None:
-    path = shutil.which(binary)
-    if path is None:
-        return None
-    st = os.stat(path)
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+def _binary_key(binary: str, *helpers: str) -> str | None:
+    """The runtime binary (None if missing) and its helpers (a missing one counts as such)."""
+    parts = [str(PROBE_FORMAT)]
+    for i, name in enumerate((binary, *helpers)):
+        path = shutil.which(name)
+        if path is None:
+            if i == 0:
+                return None
+            parts.append(f"{name}:missing")
+            continue
+        st = os.stat(path)
+        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return ":".join(parts)

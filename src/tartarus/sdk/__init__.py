@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         SandboxEvent,
         SandboxInfo,
         SandboxResources,
+        SnapshotInfo,
         Tenant,
     )
     from tartarus.sdk.sandbox import CommandHandle, Sandbox
@@ -64,6 +65,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxResources",
     "ServerError",
+    "SnapshotInfo",
     "TartarusError",
     "Tenant",
     "TimeoutError",

@@ -21,7 +21,9 @@ from tartarus.sdk.models import (
     Execution,
     FileEntry,
     LogEvent,
+    Pool,
     SandboxInfo,
+    SnapshotInfo,
     Tenant,
 )
 
@@ -54,7 +56,7 @@ def argv(cmd: str | Sequence[str]) -> list[str]:
 
 def create_sandbox(
     *,
-    template: str,
+    template: str | None,
     timeout: float,
     cpu: float | None = None,
     memory_mb: int | None = None,
@@ -65,9 +67,9 @@ def create_sandbox(
     runtime: str | None = None,
     command: str | Sequence[str] | None = None,
     workdir: str | None = None,
+    snapshot: str | None = None,
 ) -> Call[SandboxInfo]:
-    body = {
-        "template": template,
+    body: dict[str, Any] = {
         "command": argv(command) if command else [],
         "env": dict(env or {}),
         "workdir": workdir,
@@ -79,6 +81,10 @@ def create_sandbox(
         "runtime": runtime,
         "metadata": dict(metadata or {}),
     }
+    if template is not None or snapshot is None:  # a snapshot's own template by default
+        body["template"] = template or "python"
+    if snapshot is not None:
+        body["snapshot"] = snapshot
     return Call(Request("POST", "/v1/sandboxes", json=body, timeout=CREATE_TIMEOUT), _info)
 
 
@@ -307,3 +313,92 @@ def revoke_key(key_id: str) -> Call[ApiKey]:
         Request("DELETE", f"/v1/keys/{quote(key_id, safe='')}"),
         lambda r: ApiKey.model_validate(r.json()),
     )
+
+
+# -- warm pools ------------------------------------------------------------------------------
+
+
+def _pool_path(template: str) -> str:
+    return f"/v1/pools/{quote(template, safe='')}"
+
+
+def set_pool(template: str, min: int, max: int | None, runtime: str | None) -> Call[Pool]:
+    body = {"min": min, "max": max, "runtime": runtime}
+    return Call(
+        Request("PUT", _pool_path(template), json=body), lambda r: Pool.model_validate(r.json())
+    )
+
+
+def list_pools() -> Call[list[Pool]]:
+    return Call(
+        Request("GET", "/v1/pools"), lambda r: [Pool.model_validate(p) for p in r.json()["items"]]
+    )
+
+
+def delete_pool(template: str) -> Call[None]:
+    return Call(Request("DELETE", _pool_path(template)), lambda r: None)
+
+
+# -- lifecycle: pause, resume, terminate ----------------------------------------------------
+
+
+def pause_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call(Request("POST", _sandbox(sandbox_id, "/pause")), _info)
+
+
+def resume_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return Call(Request("POST", _sandbox(sandbox_id, "/resume")), _info)
+
+
+def terminate_sandbox(sandbox_id: str, grace: float | None = None) -> Call[SandboxInfo]:
+    # the server answers once the sandbox has ended: up to the grace period (its default,
+    # the template's or the server's, is unknown here), then the kill
+    timeout = NO_READ_LIMIT if grace is None else httpx2.Timeout(10.0, read=grace + 60)
+    body = {"grace": grace} if grace is not None else {}
+    request = Request("POST", _sandbox(sandbox_id, "/terminate"), json=body, timeout=timeout)
+    return Call(request, _info)
+
+
+# -- hibernation (Hypnos) -------------------------------------------------------------------
+
+# memory and layer to disk and back: seconds for a big sandbox, so more than the default
+HIBERNATE_TIMEOUT = httpx2.Timeout(10.0, read=300.0)
+
+
+def hibernate_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    request = Request("POST", _sandbox(sandbox_id, "/hibernate"), timeout=HIBERNATE_TIMEOUT)
+    return Call(request, _info)
+
+
+def wake_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    request = Request("POST", _sandbox(sandbox_id, "/wake"), timeout=HIBERNATE_TIMEOUT)
+    return Call(request, _info)
+
+
+# -- snapshots (Nyx) ------------------------------------------------------------------------
+
+# the layer is copied while the sandbox is paused: seconds for a big one
+SNAPSHOT_TIMEOUT = httpx2.Timeout(10.0, read=300.0)
+
+
+def _snapshot(response: httpx2.Response) -> SnapshotInfo:
+    return SnapshotInfo.model_validate(response.json())
+
+
+def snapshot_sandbox(sandbox_id: str, name: str | None = None) -> Call[SnapshotInfo]:
+    body = {"name": name} if name is not None else {}
+    request = Request(
+        "POST", _sandbox(sandbox_id, "/snapshot"), json=body, timeout=SNAPSHOT_TIMEOUT
+    )
+    return Call(request, _snapshot)
+
+
+def list_snapshots() -> Call[list[SnapshotInfo]]:
+    return Call(
+        Request("GET", "/v1/snapshots"),
+        lambda r: [SnapshotInfo.model_validate(i) for i in r.json()["items"]],
+    )
+
+
+def delete_snapshot(snapshot: str) -> Call[SnapshotInfo]:
+    return Call(Request("DELETE", f"/v1/snapshots/{quote(snapshot, safe='')}"), _snapshot)

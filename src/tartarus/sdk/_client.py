@@ -10,8 +10,10 @@ request is sent, with a message that names the environment variable.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -51,6 +53,13 @@ class Call(Generic[T]):
     decode: Callable[[httpx2.Response], T]
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: building one (loading the CA bundle) costs ~20 ms, and
+    every Sandbox.create makes a client."""
+    return httpx2.create_ssl_context()
+
+
 class BaseClient:
     def __init__(self, url: str | None, api_key: str | None, timeout: float) -> None:
         url = url or os.environ.get("TARTARUS_URL")
@@ -66,6 +75,7 @@ class BaseClient:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self._timeout = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        self._verify = _ssl_context()
 
     def _build(self, request: Request) -> httpx2.Request:
         headers = {
@@ -128,7 +138,7 @@ class Client(BaseClient):
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
         super().__init__(url, api_key, timeout)
-        self._http = httpx2.Client(transport=transport, timeout=self._timeout)
+        self._http = httpx2.Client(transport=transport, timeout=self._timeout, verify=self._verify)
 
     def call(self, call: Call[T]) -> T:
         try:
@@ -204,7 +214,9 @@ class AsyncClient(BaseClient):
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(url, api_key, timeout)
-        self._http = httpx2.AsyncClient(transport=transport, timeout=self._timeout)
+        self._http = httpx2.AsyncClient(
+            transport=transport, timeout=self._timeout, verify=self._verify
+        )
 
     async def call(self, call: Call[T]) -> T:
         try:

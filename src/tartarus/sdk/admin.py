@@ -6,7 +6,7 @@ import httpx2
 
 from tartarus.sdk import _api
 from tartarus.sdk._client import AsyncClient, Client
-from tartarus.sdk.models import ApiKey, Tenant
+from tartarus.sdk.models import ApiKey, Pool, Tenant
 
 __all__ = ["Admin", "AsyncAdmin"]
 
@@ -36,6 +36,19 @@ class Admin:
 
     def revoke_key(self, key_id: str) -> ApiKey:
         return self._client.call(_api.revoke_key(key_id))
+
+    def set_pool(
+        self, template: str, min: int, max: int | None = None, runtime: str | None = None
+    ) -> Pool:
+        """Keep `min` sandboxes of `template` ready (growing up to `max` under demand)."""
+        return self._client.call(_api.set_pool(template, min, max, runtime))
+
+    def pools(self) -> list[Pool]:
+        return self._client.call(_api.list_pools())
+
+    def delete_pool(self, template: str) -> None:
+        """Remove the pool; its ready sandboxes are killed."""
+        self._client.call(_api.delete_pool(template))
 
     def close(self) -> None:
         self._client.close()
@@ -73,6 +86,17 @@ class AsyncAdmin:
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         return await self._client.call(_api.revoke_key(key_id))
+
+    async def set_pool(
+        self, template: str, min: int, max: int | None = None, runtime: str | None = None
+    ) -> Pool:
+        return await self._client.call(_api.set_pool(template, min, max, runtime))
+
+    async def pools(self) -> list[Pool]:
+        return await self._client.call(_api.list_pools())
+
+    async def delete_pool(self, template: str) -> None:
+        await self._client.call(_api.delete_pool(template))
 
     async def close(self) -> None:
         await self._client.aclose()

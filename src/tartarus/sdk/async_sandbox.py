@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -14,7 +15,14 @@ import httpx2
 
 from tartarus.sdk import _api, errors
 from tartarus.sdk._client import AsyncClient, AsyncEventStream, Call
-from tartarus.sdk.models import CommandResult, Execution, FileEntry, LogEvent, SandboxInfo
+from tartarus.sdk.models import (
+    CommandResult,
+    Execution,
+    FileEntry,
+    LogEvent,
+    SandboxInfo,
+    SnapshotInfo,
+)
 
 __all__ = ["AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox"]
 
@@ -38,7 +46,7 @@ class AsyncSandbox:
     @classmethod
     async def create(
         cls,
-        template: str = "python",
+        template: str | None = None,
         timeout: float = 300,
         cpu: float | None = None,
         memory_mb: int | None = None,
@@ -52,6 +60,7 @@ class AsyncSandbox:
         api_key: str | None = None,
         *,
         workdir: str | None = None,
+        snapshot: str | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> AsyncSandbox:
         call = _api.create_sandbox(
@@ -66,6 +75,7 @@ class AsyncSandbox:
             runtime=runtime,
             command=command,
             workdir=workdir,
+            snapshot=snapshot,
         )
         return await cls._open(call, url, api_key, transport)
 
@@ -126,6 +136,56 @@ class AsyncSandbox:
 
     async def set_timeout(self, seconds: float) -> SandboxInfo:
         self._info = await self._client.call(_api.set_timeout(self.id, seconds))
+        return self._info
+
+    async def snapshot(self, name: str | None = None) -> SnapshotInfo:
+        """Save this sandbox's files (not its processes) as a snapshot; `create(snapshot=)`
+        starts new sandboxes from it (by id, or by `name`)."""
+        return await self._client.call(_api.snapshot_sandbox(self.id, name))
+
+    @classmethod
+    async def list_snapshots(
+        cls,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """This key's tenant's snapshots, oldest first."""
+        async with AsyncClient(url, api_key, transport=transport) as client:
+            return await client.call(_api.list_snapshots())
+
+    @classmethod
+    async def delete_snapshot(
+        cls,
+        snapshot: str,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> SnapshotInfo:
+        """Delete a snapshot (id or name) and its files; ConflictError while in use."""
+        async with AsyncClient(url, api_key, transport=transport) as client:
+            return await client.call(_api.delete_snapshot(snapshot))
+
+    async def pause(self) -> SandboxInfo:
+        self._info = await self._client.call(_api.pause_sandbox(self.id))
+        return self._info
+
+    async def resume(self) -> SandboxInfo:
+        self._info = await self._client.call(_api.resume_sandbox(self.id))
+        return self._info
+
+    async def hibernate(self) -> SandboxInfo:
+        self._info = await self._client.call(_api.hibernate_sandbox(self.id))
+        return self._info
+
+    async def wake(self) -> SandboxInfo:
+        self._info = await self._client.call(_api.wake_sandbox(self.id))
+        return self._info
+
+    async def terminate(self, grace: float | None = None) -> SandboxInfo:
+        self._info = await self._client.call(_api.terminate_sandbox(self.id, grace))
         return self._info
 
     async def logs(self, follow: bool = False, after: int | None = None) -> AsyncIterator[LogEvent]:

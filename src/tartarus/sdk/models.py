@@ -15,9 +15,11 @@ __all__ = [
     "ExecutionError",
     "FileEntry",
     "LogEvent",
+    "Pool",
     "SandboxEvent",
     "SandboxInfo",
     "SandboxResources",
+    "SnapshotInfo",
     "Tenant",
 ]
 
@@ -60,6 +62,9 @@ class SandboxInfo(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    hibernated_at: datetime | None = None
+    checkpoint_bytes: int | None = None  # on disk while hibernated
+    snapshot: str | None = None  # the snapshot it was started from
     events: list[SandboxEvent] | None = None  # only from a single-sandbox GET
 
 
@@ -119,3 +124,37 @@ class ApiKey(_Model):
     created_at: datetime | None = None
     revoked_at: datetime | None = None
     key: str | None = None  # the secret: only in the answer that created it
+
+
+class Pool(_Model):
+    """A template's warm pool: its settings and how it is doing."""
+
+    template: str
+    runtime: str | None = None
+    min: int
+    max: int
+    target: int
+    ready: int
+    starting: int
+    in_use: int
+    hits: int
+    misses: int
+    hit_rate: float | None = None
+    last_error: str | None = None
+
+
+class SnapshotInfo(_Model):
+    """A sandbox's saved files (never its processes or memory): `Sandbox.create(snapshot=)`
+    starts new sandboxes from it."""
+
+    id: str
+    name: str | None = None
+    template: str
+    image: str
+    runtime: str
+    resources: SandboxResources
+    source: str
+    parent: str | None = None
+    size_bytes: int
+    memory: bool = False
+    created_at: datetime

@@ -3,6 +3,7 @@ async twin in `async_sandbox.py` runs the same descriptions, so the two cannot d
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,7 +14,14 @@ import httpx2
 
 from tartarus.sdk import _api, errors
 from tartarus.sdk._client import Call, Client, EventStream
-from tartarus.sdk.models import CommandResult, Execution, FileEntry, LogEvent, SandboxInfo
+from tartarus.sdk.models import (
+    CommandResult,
+    Execution,
+    FileEntry,
+    LogEvent,
+    SandboxInfo,
+    SnapshotInfo,
+)
 
 __all__ = ["CommandHandle", "Commands", "Files", "Sandbox"]
 
@@ -37,7 +45,7 @@ class Sandbox:
     @classmethod
     def create(
         cls,
-        template: str = "python",
+        template: str | None = None,
         timeout: float = 300,
         cpu: float | None = None,
         memory_mb: int | None = None,
@@ -51,9 +59,12 @@ class Sandbox:
         api_key: str | None = None,
         *,
         workdir: str | None = None,
+        snapshot: str | None = None,
         transport: httpx2.BaseTransport | None = None,
     ) -> Sandbox:
-        """Start a sandbox (running when this returns); resources default to the template's."""
+        """Start a sandbox (running when this returns); resources default to the template's.
+        `template` defaults to "python", or with `snapshot` (id or name) to the snapshot's,
+        whose files the new sandbox starts with."""
         call = _api.create_sandbox(
             template=template,
             timeout=timeout,
@@ -66,6 +77,7 @@ class Sandbox:
             runtime=runtime,
             command=command,
             workdir=workdir,
+            snapshot=snapshot,
         )
         return cls._open(call, url, api_key, transport)
 
@@ -133,6 +145,64 @@ class Sandbox:
     def set_timeout(self, seconds: float) -> SandboxInfo:
         """Let it live `seconds` from now."""
         self._info = self._client.call(_api.set_timeout(self.id, seconds))
+        return self._info
+
+    def snapshot(self, name: str | None = None) -> SnapshotInfo:
+        """Save this sandbox's files (not its processes) as a snapshot; `create(snapshot=)`
+        starts new sandboxes from it (by id, or by `name`)."""
+        return self._client.call(_api.snapshot_sandbox(self.id, name))
+
+    @classmethod
+    def list_snapshots(
+        cls,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """This key's tenant's snapshots, oldest first."""
+        with Client(url, api_key, transport=transport) as client:
+            return client.call(_api.list_snapshots())
+
+    @classmethod
+    def delete_snapshot(
+        cls,
+        snapshot: str,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> SnapshotInfo:
+        """Delete a snapshot (id or name) and its files; ConflictError while in use."""
+        with Client(url, api_key, transport=transport) as client:
+            return client.call(_api.delete_snapshot(snapshot))
+
+    def pause(self) -> SandboxInfo:
+        """Freeze every process, memory kept; the timeout stops counting until `resume`.
+        Commands, files and code answer ConflictError while paused."""
+        self._info = self._client.call(_api.pause_sandbox(self.id))
+        return self._info
+
+    def resume(self) -> SandboxInfo:
+        """Thaw a paused sandbox; its deadline moves by the time it spent paused."""
+        self._info = self._client.call(_api.resume_sandbox(self.id))
+        return self._info
+
+    def hibernate(self) -> SandboxInfo:
+        """Save its memory and files to disk and free what it holds; the timeout stops
+        counting. Any later command, file or code call wakes it first (or call `wake`)."""
+        self._info = self._client.call(_api.hibernate_sandbox(self.id))
+        return self._info
+
+    def wake(self) -> SandboxInfo:
+        """Restore a hibernated sandbox, processes and memory as they were."""
+        self._info = self._client.call(_api.wake_sandbox(self.id))
+        return self._info
+
+    def terminate(self, grace: float | None = None) -> SandboxInfo:
+        """SIGTERM every process, wait up to `grace` seconds (default: the template's, else
+        the server's), then kill; returns the final record, whose `reason` says which."""
+        self._info = self._client.call(_api.terminate_sandbox(self.id, grace))
         return self._info
 
     def logs(self, follow: bool = False, after: int | None = None) -> Iterator[LogEvent]:

@@ -15,6 +15,7 @@ import hmac
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,10 +84,19 @@ def load_pepper(state_dir: Path) -> bytes:
     return pepper
 
 
+# A verified key is remembered this long, so a request costs no database read for it. A
+# revocation through this process applies at once; one written by another process sharing
+# the database applies within this time.
+VERIFY_CACHE_S = 5.0
+VERIFY_CACHE_MAX = 10_000
+
+
 class AuthStore:
-    def __init__(self, db: Database, pepper: bytes) -> None:
+    def __init__(self, db: Database, pepper: bytes, *, cache_s: float = VERIFY_CACHE_S) -> None:
         self.db = db
         self.pepper = pepper
+        self.cache_s = cache_s
+        self._verified: dict[str, tuple[ApiKey, float]] = {}  # digest -> (key, valid until)
 
     def _digest(self, key: str) -> str:
         return hmac.new(self.pepper, key.encode(), hashlib.sha256).hexdigest()
@@ -153,6 +163,7 @@ class AuthStore:
 
     def revoke_key(self, key_id: str) -> ApiKey:
         """Revoke (idempotent: an already revoked key keeps its first revocation time)."""
+        self._verified.clear()  # revoked at once, for every request this process serves
         with self.db.begin() as conn:
             conn.execute(
                 api_keys.update()
@@ -171,10 +182,18 @@ class AuthStore:
         key_id, sep, _ = key[len(KEY_PREFIX) :].partition("_")
         if not sep or not KEY_ID_RE.match(key_id):
             return None
+        digest = self._digest(key)
+        now = time.monotonic()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         with self.db.begin() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
-        if row is None or not hmac.compare_digest(row.hash, self._digest(key)):
+        if row is None or not hmac.compare_digest(row.hash, digest):
             return None
         if row.revoked_at is not None:
             return None
+        if len(self._verified) >= VERIFY_CACHE_MAX:
+            self._verified.clear()
+        self._verified[digest] = (_key(row), now + self.cache_s)
         return _key(row)

@@ -30,7 +30,16 @@ class Database:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        # Connections are kept (opening one and its pragmas costs more than a small write):
+        # one per thread at a time, and any thread may take one (the server's loop thread,
+        # Starlette's worker threads, the engine's).
+        self.engine = sa.create_engine(
+            f"sqlite:///{path}",
+            poolclass=sa.pool.QueuePool,
+            pool_size=4,
+            max_overflow=16,
+            connect_args={"check_same_thread": False},
+        )
         sa.event.listen(self.engine, "connect", _on_connect)
         sa.event.listen(self.engine, "begin", _on_begin)
         schema.metadata.create_all(self.engine)

@@ -69,6 +69,39 @@ def enqueue(conn: sa.Connection, kind: str, sandbox_id: str) -> int:
     return int(result.inserted_primary_key[0])
 
 
+def claim_own(conn: sa.Connection, job_id: int, node: str) -> None:
+    """Claim a job this node has just queued in the same transaction (one machine: the
+    submitter starts the sandbox itself, with no window for another node to take it)."""
+    now = _now()
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id)
+        .values(
+            state="claimed",
+            node=node,
+            attempts=1,
+            lease_until=now + timedelta(seconds=LEASE_S),
+            updated_at=now,
+        )
+    )
+
+
+def complete(conn: sa.Connection, job_id: int, node: str, error: str | None = None) -> bool:
+    """Mark a job `node` holds as done (or failed with `error`) inside the caller's
+    transaction; False if the node does not hold it."""
+    result = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.node == node, jobs.c.state == "claimed")
+        .values(
+            state="failed" if error else "done",
+            error=error,
+            lease_until=None,
+            updated_at=_now(),
+        )
+    )
+    return bool(result.rowcount)
+
+
 class JobQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -105,17 +138,7 @@ class JobQueue:
     def finish(self, job_id: int, node: str, *, error: str | None = None) -> bool:
         """Mark a job this node holds as done (or failed with `error`); False if not held."""
         with self.db.begin() as conn:
-            result = conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.node == node, jobs.c.state == "claimed")
-                .values(
-                    state="failed" if error else "done",
-                    error=error,
-                    lease_until=None,
-                    updated_at=_now(),
-                )
-            )
-        return bool(result.rowcount)
+            return complete(conn, job_id, node, error)
 
     def abandon(self, sandbox_id: str, error: str) -> int:
         """Fail every unfinished job of a sandbox that was reaped; returns how many."""

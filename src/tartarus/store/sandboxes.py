@@ -26,10 +26,16 @@ class SandboxRepository:
         self.db = db
 
     def insert(
-        self, sandbox: Sandbox, owner: str | None = None, *, job: str | None = None
+        self,
+        sandbox: Sandbox,
+        owner: str | None = None,
+        *,
+        job: str | None = None,
+        start: bool = False,
     ) -> int | None:
         """Write a new record; with `job`, queue a job of that kind in the same transaction
-        and return its id."""
+        and return its id. With `start` as well, `owner` claims that job at once and the
+        sandbox moves on to STARTING, still in the same transaction (one machine)."""
         with self.db.begin() as conn:
             conn.execute(
                 sandboxes.insert().values(
@@ -39,13 +45,19 @@ class SandboxRepository:
                     template=sandbox.spec.template,
                     runtime=sandbox.runtime,
                     owner=owner,
+                    pool=sandbox.pool,
                     record=sandbox.model_dump(mode="json"),
                     created_at=sandbox.created_at,
                     updated_at=_now(),
                 )
             )
             _event(conn, sandbox.id, "state", {"from": None, "to": sandbox.state.value})
-            return jobs.enqueue(conn, job, sandbox.id) if job else None
+            job_id = jobs.enqueue(conn, job, sandbox.id) if job else None
+            if start:
+                assert job_id is not None and owner is not None, "start needs a job and an owner"
+                jobs.claim_own(conn, job_id, owner)
+                self._write(conn, sandbox, {"state": SandboxState.STARTING})
+            return job_id
 
     def get(self, sandbox_id: str) -> Sandbox:
         with self.db.begin() as conn:
@@ -64,9 +76,13 @@ class SandboxRepository:
         metadata: dict[str, str] | None = None,
         limit: int | None = None,
         before: str | None = None,
+        pooled: bool = False,
     ) -> list[Sandbox]:
-        """Oldest first; with `limit`, the newest `limit` ones created before the id `before`."""
+        """Oldest first; with `limit`, the newest `limit` ones created before the id `before`.
+        Sandboxes waiting in a warm pool belong to nobody yet: listed only with `pooled`."""
         query = sa.select(sandboxes.c.record)
+        if not pooled:
+            query = query.where(sandboxes.c.pool.is_(None))
         if states is not None:
             query = query.where(sandboxes.c.state.in_([s.value for s in states]))
         if tenant is not None:
@@ -87,36 +103,53 @@ class SandboxRepository:
             ]
         return found[:limit] if limit is not None else found
 
-    def update(self, sandbox: Sandbox, **changes: Any) -> Sandbox:
-        """Apply `changes` (a `state` change is checked against the stored state) and persist."""
+    def update(
+        self,
+        sandbox: Sandbox,
+        *,
+        job_done: tuple[int, str] | None = None,
+        release: bool = False,
+        **changes: Any,
+    ) -> Sandbox:
+        """Apply `changes` (a `state` change is checked against the stored state) and persist;
+        in the same transaction, `job_done=(job, node)` completes that job and `release`
+        clears the owner (the sandbox has ended)."""
         with self.db.begin() as conn:
-            row = conn.execute(
-                sa.select(sandboxes.c.record).where(sandboxes.c.id == sandbox.id)
-            ).first()
-            if row is None:
-                raise NotFoundError(f"no sandbox {sandbox.id!r}")
-            stored = Sandbox.model_validate(row.record)
-            target = changes.get("state")
-            if target is not None and target != stored.state:
-                check_transition(stored.state, target)
-            merged = stored.model_copy(update=changes)
-            merged = Sandbox.model_validate(merged.model_dump())
-            conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == sandbox.id)
-                .values(
-                    state=merged.state.value,
-                    record=merged.model_dump(mode="json"),
-                    updated_at=_now(),
-                )
-            )
-            if target is not None and target != stored.state:
-                data = {
-                    "from": stored.state.value,
-                    "to": merged.state.value,
-                    "reason": merged.reason,
-                }
-                _event(conn, sandbox.id, "state", data)
+            merged = self._write(conn, sandbox, changes, release=release)
+            if job_done is not None:
+                jobs.complete(conn, *job_done)
+        return merged
+
+    def _write(
+        self, conn: sa.Connection, sandbox: Sandbox, changes: dict[str, Any], release: bool = False
+    ) -> Sandbox:
+        query = sa.select(sandboxes.c.record).where(sandboxes.c.id == sandbox.id)
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"no sandbox {sandbox.id!r}")
+        stored = Sandbox.model_validate(row.record)
+        target = changes.get("state")
+        if target is not None and target != stored.state:
+            check_transition(stored.state, target)
+        merged = stored.model_copy(update=changes)
+        merged = Sandbox.model_validate(merged.model_dump())
+        values: dict[str, Any] = {
+            "state": merged.state.value,
+            "tenant": merged.tenant,  # a pooled sandbox gets its tenant at hand-out
+            "pool": merged.pool,
+            "record": merged.model_dump(mode="json"),
+            "updated_at": _now(),
+        }
+        if release:
+            values["owner"] = None
+        conn.execute(sandboxes.update().where(sandboxes.c.id == sandbox.id).values(**values))
+        if target is not None and target != stored.state:
+            data = {
+                "from": stored.state.value,
+                "to": merged.state.value,
+                "reason": merged.reason,
+            }
+            _event(conn, sandbox.id, "state", data)
         return merged
 
     def owners(self, states: Iterable[SandboxState]) -> dict[str, str | None]:

@@ -17,6 +17,7 @@ sandboxes = sa.Table(
     sa.Column("runtime", sa.String(32), nullable=False),
     sa.Column("record", sa.JSON, nullable=False),  # models.Sandbox as JSON
     sa.Column("owner", sa.String(64), nullable=True),  # engine process "pid:start" (node.owners)
+    sa.Column("pool", sa.String(64), nullable=True, index=True),  # waiting in this warm pool
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -76,4 +77,28 @@ jobs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Nyx: warm pool settings per template (models.PoolSpec); the ready sandboxes themselves are
+# ordinary rows of `sandboxes` with `pool` set until they are handed out.
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("template", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Nyx: snapshots of sandboxes' writable layers (node/snapshots.py); the files live under
+# STATE_DIR/snapshots/<id>/. `parent`: the snapshot the source sandbox was started from,
+# whose layer lies below this one's.
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=True, index=True),
+    sa.Column("tenant", sa.String(64), nullable=True, index=True),
+    sa.Column("parent", sa.String(64), nullable=True, index=True),
+    sa.Column("record", sa.JSON, nullable=False),  # store.snapshots.Snapshot as JSON
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
