@@ -192,6 +192,7 @@ class Engine:
         runtime = await self.runtimes.select(spec.runtime or default_runtime)
         resources = spec.resources or template.spec.resources
         env, workdir = _environment(spec, template.spec)
+        pooled = None
         if pool is None and snap is None:  # a pooled sandbox lacks the snapshot's files
             pooled = self.pools.take(
                 spec,
@@ -200,9 +201,9 @@ class Engine:
                 resources=resources,
                 workdir=template.spec.workdir,
             )
-            clock.mark("schedule")
-            if pooled is not None and await self._fit(pooled, resources):
-                return await self._hand_out(pooled, spec, tenant, env, io, clock)
+        clock.mark("schedule")
+        if pooled is not None and await self._fit(pooled, resources):
+            return await self._hand_out(pooled, spec, tenant, env, io, clock)
         sandbox = Sandbox(
             id=f"sb-{secrets.token_hex(6)}",
             tenant=tenant,
@@ -213,8 +214,6 @@ class Engine:
             created_at=datetime.now(UTC),
             pool=pool,
         )
-        # the submit path: record and job in one transaction; on one machine we claim our
-        # own job at once, in fleet mode a node agent claims it (store/jobs.py)
         # The submit path writes the record and its create job; on one machine this engine
         # claims the job and moves to STARTING in the same transaction. In fleet mode a node
         # agent claims queued jobs instead (store/jobs.py).
