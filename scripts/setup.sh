@@ -9,6 +9,9 @@ APT_PACKAGES=(
   umoci skopeo debootstrap   # images: OCI unpack/convert, Debian rootfs builds
   busybox-static             # runtime probes and test images
   iproute2 procps util-linux # netns for tests, ps/pkill, unshare/mount
+  nftables                   # Styx: sandboxes' egress rules (allowlist/open networks)
+  strace                     # seccomp generate: traces a command's syscalls
+  qemu-system-x86 e2fsprogs  # microvm: QEMU's microvm machine, ext4 guest disks
   python3 python3-venv ca-certificates
 )
 
@@ -86,3 +89,39 @@ build_criu() {
 if ! "$CRIU_PREFIX/bin/criu" --version 2>/dev/null | grep -q "Version: $CRIU_VERSION$"; then
   build_criu || echo "setup: warning: CRIU was not built; runc cannot hibernate sandboxes" >&2
 fi
+
+# -- the microVM guest kernel --------------------------------------------------------------------
+# Debian's cloud kernel, unpacked (not installed: it is the guests' kernel, not the host's) into
+# /opt/tartarus/microvm/kernel: vmlinuz and the virtio/overlay modules the guests' initramfs
+# loads (runtimes/microvm_image.py builds that initramfs). Once per kernel version.
+MICROVM_DIR=${TARTARUS_MICROVM_PREFIX:-/opt/tartarus/microvm}
+MICROVM_MODULES=(virtio_ring virtio virtio_mmio virtio_blk virtio_console overlay)
+install_guest_kernel() {
+  local pkg work deb
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+  if [ -z "$pkg" ]; then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+  fi
+  [ -n "$pkg" ] || { echo "setup: no linux-image-cloud-amd64 in apt" >&2; return 1; }
+  if [ "$(cat "$MICROVM_DIR/kernel/package" 2>/dev/null)" = "$pkg" ]; then
+    return 0
+  fi
+  echo "setup: unpacking the microVM guest kernel ($pkg)"
+  work=$(mktemp -d /var/cache/tartarus-kernel.XXXXXX)
+  (cd "$work" && apt-get download -qq "$pkg" >/dev/null 2>&1) || { rm -rf "$work"; return 1; }
+  deb=$(ls "$work"/*.deb)
+  dpkg-deb -x "$deb" "$work/x"
+  rm -rf "$MICROVM_DIR/kernel.new"
+  mkdir -p "$MICROVM_DIR/kernel.new/modules"
+  cp "$work"/x/boot/vmlinuz-* "$MICROVM_DIR/kernel.new/vmlinuz"
+  local m
+  for m in "${MICROVM_MODULES[@]}"; do
+    find "$work/x/lib/modules" -name "$m.ko" -exec cp {} "$MICROVM_DIR/kernel.new/modules/" \;
+    [ -f "$MICROVM_DIR/kernel.new/modules/$m.ko" ] || { echo "setup: $pkg lacks $m.ko" >&2; rm -rf "$work"; return 1; }
+  done
+  echo "$pkg" > "$MICROVM_DIR/kernel.new/package"
+  rm -rf "$work" "$MICROVM_DIR/kernel"
+  mv "$MICROVM_DIR/kernel.new" "$MICROVM_DIR/kernel"
+}
+install_guest_kernel || echo "setup: warning: no microVM guest kernel; the microvm runtime will not work" >&2

@@ -1,9 +1,11 @@
 """Test session setup: one short state dir for the whole run, the shared image cache, and the
 runtimes every sandbox test is parametrised over.
 
-CI sets TARTARUS_REQUIRE_RUNTIMES=crun,runc: a required runtime that does not work fails
-the session instead of skipping. Without it (a developer's machine), tests of a runtime that
-does not work here are skipped with the probe's reason.
+Sandbox tests run on every runtime in RUNTIMES (crun, runc, gvisor; TARTARUS_TEST_RUNTIMES
+narrows it for a quick local run). CI sets TARTARUS_REQUIRE_RUNTIMES=crun,runc,gvisor: a
+required runtime that does not work fails the session instead of skipping. Without it (a
+developer's machine), tests of a runtime that does not work here are skipped with the probe's
+reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ STATE_DIR = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
 STATE_DIR.chmod(0o711)
 os.environ["TARTARUS_STATE_DIR"] = str(STATE_DIR)
 
-RUNTIMES = ("crun", "runc")
+ALL_RUNTIMES = ("crun", "runc", "gvisor")
+_NARROWED = os.environ.get("TARTARUS_TEST_RUNTIMES", "")
+RUNTIMES = tuple(r.strip() for r in _NARROWED.split(",") if r.strip()) or ALL_RUNTIMES
 REQUIRED = {
     r.strip() for r in os.environ.get("TARTARUS_REQUIRE_RUNTIMES", "").split(",") if r.strip()
 }
@@ -38,7 +42,7 @@ def _probe_all() -> dict[str, tuple[bool, str]]:
     async def probe() -> dict[str, tuple[bool, str]]:
         registry = RuntimeRegistry(Settings().state_dir)
         out = {}
-        for name in RUNTIMES:
+        for name in ALL_RUNTIMES:
             result = await registry.probe(name, fresh=True)
             out[name] = (result.works, f"{result.reason} {result.hint}".strip())
         return out
@@ -59,13 +63,38 @@ def probes() -> dict[str, tuple[bool, str]]:
     return _PROBES
 
 
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "runtimes(*names, why=...): run this `runtime` test only on these runtimes; `why` says"
+        " where the others' documented difference is asserted instead",
+    )
+    config.addinivalue_line("markers", "slow: takes several seconds (for clarity; always run)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`runtime` is parametrised here rather than by the fixture, so that a `runtimes`
+    marker can narrow it (a gVisor difference is asserted by a test of its own)."""
+    if "runtime" not in metafunc.fixturenames:
+        return
+    names = RUNTIMES
+    if (marker := metafunc.definition.get_closest_marker("runtimes")) is not None:
+        assert marker.kwargs.get("why"), "a runtimes marker must say why"
+        names = tuple(n for n in RUNTIMES if n in marker.args)
+    metafunc.parametrize("runtime", names, indirect=True)
+
+
+def working(name: str) -> str:
+    """`name` if it works here; else skip (a required one failed the session already)."""
     works, why = probes()[name]
     if not works:
         pytest.skip(f"{name} does not work here: {why}")
     return name
+
+
+@pytest.fixture
+def runtime(request: pytest.FixtureRequest) -> str:
+    return working(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from tartarus.runtimes.microvm_qemu import QEMU_UID
 from tests.api.conftest import reap_orphans
 from tests.conftest import STATE_DIR
 
@@ -55,7 +56,8 @@ def test_no_sandbox_processes_left() -> None:
             uid_line = next(x for x in status.read_text().splitlines() if x.startswith("Uid:"))
         except (OSError, StopIteration):
             continue
-        if 100000 <= int(uid_line.split()[1]) < 165536:
+        uid = int(uid_line.split()[1])
+        if 100000 <= uid < 165536 or uid == QEMU_UID:  # a container's, or a microVM's QEMU
             cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
             fields = dict(
                 line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
@@ -68,6 +70,8 @@ def test_no_sandbox_processes_left() -> None:
 
 
 def test_no_containers_or_sandbox_dirs_left() -> None:
+    microvms = STATE_DIR / "runtime" / "microvm"
+    assert [p.name for p in microvms.glob("sb-*")] == []  # a VM's sockets, disk, RAM file
     for name in ("crun", "runc"):
         root = STATE_DIR / "runtime" / name
         if root.exists():
@@ -85,3 +89,15 @@ def test_no_containers_or_sandbox_dirs_left() -> None:
 def test_no_test_network_namespaces_left() -> None:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert [line for line in out.splitlines() if line.startswith("tt-")] == []
+
+
+def test_no_sandbox_networks_left() -> None:
+    """Styx: no sandbox veth, netns, nftables table or address allocation survives."""
+    from tartarus.node import network
+
+    assert [p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith("tsb")] == []
+    assert [p.name for p in network.NETNS_DIR.glob("tsb-*")] == []
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert [t for t in tables.split() if t.startswith("tsb_")] == []
+    slots = network.net_dir() / "slots"
+    assert not slots.exists() or [p.read_text() for p in slots.iterdir()] == []

@@ -14,7 +14,7 @@ from tartarus.errors import InvalidRequestError
 
 # What a stopping server does with its sandboxes: leave them running for the next server to
 # re-adopt, or terminate them gracefully (SIGTERM, grace, kill).
-SHUTDOWN_POLICIES = ("leave", "terminate")
+SHUTDOWN_POLICIES = ("leave", "terminate", "hibernate")  # node/shutdown.py
 MAX_GRACE_S = 3600.0
 MAX_IDLE_HIBERNATE_S = 7 * 24 * 3600.0
 
@@ -31,6 +31,19 @@ def _env_seconds(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise InvalidRequestError(f"{name}={value!r} is not a number of seconds") from None
+
+
+def _env_bytes(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InvalidRequestError(f"{name}={value!r} is not a positive number of bytes")
+    return number
 
 
 def _env_optional_path(name: str) -> Path | None:
@@ -55,6 +68,9 @@ class Settings:
     pools_file: Path | None = field(  # warm pools a server sets up at start (YAML list)
         default_factory=lambda: _env_optional_path("TARTARUS_POOLS_FILE")
     )
+    policies_file: Path | None = field(  # Themis policies a server applies at start (YAML)
+        default_factory=lambda: _env_optional_path("TARTARUS_POLICIES_FILE")
+    )
     termination_grace_s: float = field(  # SIGTERM-to-kill grace when a template sets none
         default_factory=lambda: _env_seconds("TARTARUS_TERMINATION_GRACE_S", 10.0)
     )
@@ -63,6 +79,22 @@ class Settings:
     # runtime that can checkpoint; 0 turns it off
     idle_hibernate_s: float = field(
         default_factory=lambda: _env_seconds("TARTARUS_IDLE_HIBERNATE_S", 600.0)
+    )
+    # Erinyes: output a sandbox may produce (main command and execs together) before the
+    # rest is dropped behind a truncation marker, so a flood cannot fill disk or memory
+    max_output_bytes: int = field(
+        default_factory=lambda: _env_bytes("TARTARUS_MAX_OUTPUT_BYTES", 64 * 1024 * 1024)
+    )
+
+    # Styx: where sandboxes' DNS resolver asks (ip[:port]; default the host's first
+    # nameserver), and the CIDRs `open` sandboxes may not reach (default RFC 1918)
+    dns_upstream: str | None = field(
+        default_factory=lambda: os.environ.get("TARTARUS_DNS_UPSTREAM") or None
+    )
+    net_blocked: str = field(
+        default_factory=lambda: os.environ.get(
+            "TARTARUS_NET_BLOCKED", "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+        )
     )
 
     # Nyx retention: snapshots older than this are deleted (0: kept forever), and a tenant

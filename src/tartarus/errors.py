@@ -3,6 +3,7 @@
 TartarusError
 ├── InvalidRequestError      bad input: unknown template, invalid resources (HTTP 400/422)
 ├── NotFoundError            no such sandbox, template or file (404)
+├── AdmissionDenied          a judge rejected the request (403), names the judge and why
 ├── ConflictError            the object's state does not allow the action (409)
 ├── CapabilityError          the runtime cannot do this here (409), names runtime and capability
 ├── RuntimeUnavailableError  no usable runtime, or the runtime binary failed (503)
@@ -24,6 +25,15 @@ class InvalidRequestError(TartarusError):
 
 class NotFoundError(TartarusError):
     """No such sandbox, template, file or key (or another tenant's)."""
+
+
+class AdmissionDenied(TartarusError):
+    """An admission judge (policy, quota, classification) rejected the request."""
+
+    def __init__(self, judge: str, reason: str) -> None:
+        super().__init__(f"denied by {judge}: {reason}")
+        self.judge = judge
+        self.reason = reason
 
 
 class ConflictError(TartarusError):

@@ -30,7 +30,7 @@ import httpx2
 import pytest
 
 from tartarus.runtimes import reaper
-from tests.conftest import TARTARUS
+from tests.conftest import RUNTIMES, TARTARUS, working
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -279,11 +279,20 @@ def http_b(api_server: ApiServer, tenant_b: tuple[str, str]) -> Iterator[httpx2.
         yield c
 
 
+@pytest.fixture(scope="module", params=RUNTIMES)
+def api_runtime(request: pytest.FixtureRequest) -> str:
+    """Each runtime in turn, for the tests of a module that are about sandbox behaviour."""
+    return working(request.param)
+
+
 @pytest.fixture(scope="module")
-def sandbox_a(api_server: ApiServer, tenant_a: tuple[str, str]) -> Iterator[dict[str, Any]]:
-    """A running idle sandbox of tenant A, shared by a module's tests."""
+def sandbox_a(
+    api_server: ApiServer, tenant_a: tuple[str, str], api_runtime: str
+) -> Iterator[dict[str, Any]]:
+    """A running idle sandbox of tenant A on each runtime in turn, shared by a module's tests."""
     with client(api_server, tenant_a[1]) as c:
-        r = c.post("/v1/sandboxes", json={"template": "python", "timeout": 300})
+        body = {"template": "python", "timeout": 300, "runtime": api_runtime}
+        r = c.post("/v1/sandboxes", json=body)
         assert r.status_code == 201, r.text
         sandbox: dict[str, Any] = r.json()
         try:

@@ -1,5 +1,6 @@
-"""Pause, resume, terminate and the runtimes listing over HTTP and through the SDK, against a
-real `tartarus server`; and a server stopped with the `terminate` shutdown policy."""
+"""Pause, resume, terminate (on every runtime) and the runtimes listing over HTTP and through
+the SDK, against a real `tartarus server`; and a server stopped with the `terminate` shutdown
+policy."""
 
 from __future__ import annotations
 
@@ -43,15 +44,16 @@ def _wait_output(c: httpx2.Client, sid: str, text: bytes, timeout: float = 60) -
     raise AssertionError(f"{text!r} never appeared in the output of {sid}")
 
 
-def test_pause_and_resume(http_a: httpx2.Client, http_b: httpx2.Client) -> None:
-    sid = _create(http_a)
+def test_pause_and_resume(http_a: httpx2.Client, http_b: httpx2.Client, api_runtime: str) -> None:
+    sid = _create(http_a, runtime=api_runtime)
     try:
         r = http_a.post(f"/v1/sandboxes/{sid}/pause")
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "paused"
         detail = http_a.get(f"/v1/sandboxes/{sid}").json()
         assert detail["state"] == "paused"
-        assert [e["to"] for e in detail["events"]][-2:] == ["running", "paused"]
+        states = [e["to"] for e in detail["events"] if e.get("to")]  # not admission & co
+        assert states[-2:] == ["running", "paused"]
         live = [s["id"] for s in http_a.get("/v1/sandboxes").json()["items"]]
         assert sid in live  # a paused sandbox is a live one
         paused = http_a.get("/v1/sandboxes", params={"state": "paused"}).json()["items"]
@@ -88,10 +90,10 @@ def test_kill_of_a_paused_sandbox(http_a: httpx2.Client) -> None:
     assert (killed["state"], killed["reason"]) == ("killed", "killed by user")
 
 
-def test_terminate(http_a: httpx2.Client) -> None:
-    graceful = _create(http_a, command=["python3", "-c", TRAPS_TERM])
-    stubborn = _create(http_a, command=["python3", "-c", IGNORES_TERM])
-    idle = _create(http_a)
+def test_terminate(http_a: httpx2.Client, api_runtime: str) -> None:
+    graceful = _create(http_a, runtime=api_runtime, command=["python3", "-c", TRAPS_TERM])
+    stubborn = _create(http_a, runtime=api_runtime, command=["python3", "-c", IGNORES_TERM])
+    idle = _create(http_a, runtime=api_runtime)
     _wait_output(http_a, graceful, b"ready")
     _wait_output(http_a, stubborn, b"ready")
 
@@ -123,6 +125,21 @@ def test_terminate(http_a: httpx2.Client) -> None:
     assert http_a.post(f"/v1/sandboxes/{idle}/terminate").json() == r.json()  # idempotent
 
 
+def test_terminate_with_checkpoint(api_server: ApiServer, tenant_a: tuple[str, str]) -> None:
+    url, key = api_server.url, tenant_a[1]
+    with Sandbox.create(url=url, api_key=key, timeout=120) as sb:
+        sb.files.write("/home/user/f", "kept")
+        final = sb.terminate(grace=2, checkpoint=True)
+        assert final.state == "killed" and final.reason is not None
+        ended, _, snap = final.reason.partition("; saved as snapshot ")
+        assert ended == "terminated: ended within grace"
+        with Sandbox.create(url=url, api_key=key, snapshot=snap, timeout=60) as clone:
+            assert clone.files.read("/home/user/f") == "kept"
+        with pytest.raises(ConflictError, match="nothing left to checkpoint"):
+            sb.terminate(checkpoint=True)
+    Sandbox.delete_snapshot(snap, url, key)
+
+
 def test_runtimes_listing(http_a: httpx2.Client, api_server: ApiServer) -> None:
     r = http_a.get("/v1/runtimes")
     assert r.status_code == 200, r.text
@@ -136,7 +153,7 @@ def test_runtimes_listing(http_a: httpx2.Client, api_server: ApiServer) -> None:
         assert caps["pause"] and "pause" not in caps["missing"]
         assert caps["checkpoint"] == (name != "crun")
         assert ("checkpoint" in caps["missing"]) == (name == "crun")
-        assert caps["network_modes"] == ["none"]
+        assert caps["network_modes"] == ["none", "allowlist", "open"]
     assert items["gvisor"]["capabilities"]["exec_channel"] == "agent via runsc exec"
     with client(api_server, None) as anonymous:
         assert_error(anonymous.get("/v1/runtimes"), 401, "authentication")

@@ -34,8 +34,10 @@ def test_create_get_list_kill(http_a: httpx2.Client, tenant_a: tuple[str, str]) 
 
     detail = http_a.get(f"/v1/sandboxes/{sid}").json()
     assert detail["id"] == sid
-    assert [e["to"] for e in detail["events"]][-1] == "running"
-    assert detail["events"][0]["from"] is None
+    states = [e for e in detail["events"] if e["kind"] == "state"]
+    assert [e["to"] for e in states][-1] == "running"
+    assert states[0]["from"] is None
+    assert [e["kind"] for e in detail["events"]].count("admission") == 1
 
     listed = http_a.get("/v1/sandboxes").json()
     assert sid in [s["id"] for s in listed["items"]]

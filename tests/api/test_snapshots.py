@@ -1,5 +1,6 @@
 """Snapshots over HTTP and through the SDK, against a real `tartarus server`: fork one
-sandbox into three, tenants kept apart, bad input answered with the right status."""
+sandbox into three (files on every runtime; processes too where the runtime checkpoints),
+tenants kept apart, bad input answered with the right status."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 from tartarus.sdk import AsyncSandbox, ConflictError, NotFoundError, Sandbox
 from tests.api.conftest import ApiServer, assert_error
 from tests.conftest import TARTARUS
+from tests.engine.test_hibernate import CHECKPOINTING, _checkpointing
 
 
 def test_fork_one_into_three_through_the_sdk(
-    api_server: ApiServer, tenant_a: tuple[str, str]
+    api_server: ApiServer, tenant_a: tuple[str, str], api_runtime: str
 ) -> None:
-    key = tenant_a[1]
-    with Sandbox.create(url=api_server.url, api_key=key, timeout=120) as source:
+    url, key = api_server.url, tenant_a[1]
+    with Sandbox.create(url=url, api_key=key, runtime=api_runtime, timeout=120) as source:
         source.files.write("/home/user/state.txt", "saved")
         snap = source.snapshot(name="sdk-fork")
         assert (snap.template, snap.source, snap.memory) == ("python", source.id, False)
@@ -46,6 +48,37 @@ def test_fork_one_into_three_through_the_sdk(
     assert deleted.id == snap.id
     assert not (api_server.state_dir / "snapshots" / snap.id).exists()
     assert Sandbox.list_snapshots(api_server.url, key) == []
+
+
+@pytest.fixture(params=CHECKPOINTING)
+def checkpointing(request: pytest.FixtureRequest) -> str:
+    return _checkpointing(request.param)
+
+
+@pytest.mark.slow
+def test_memory_fork_through_the_sdk(
+    api_server: ApiServer, tenant_a: tuple[str, str], checkpointing: str
+) -> None:
+    url, key = api_server.url, tenant_a[1]
+    with Sandbox.create(url=url, api_key=key, runtime=checkpointing, timeout=120) as source:
+        source.run_code("x = 41")
+        snap = source.snapshot(memory=True)
+        assert (snap.memory, snap.runtime) == (True, checkpointing)
+        clones = [Sandbox.create(url=url, api_key=key, snapshot=snap.id) for _ in range(3)]
+        try:
+            for i, clone in enumerate(clones):
+                assert clone.run_code("x + 1").value == "42"
+                clone.run_code(f"x = {i}")
+            assert [clone.run_code("x").value for clone in clones] == ["0", "1", "2"]
+            assert source.run_code("x").value == "41"
+        finally:
+            for clone in clones:
+                with clone:  # killed and closed
+                    pass
+    crun = Sandbox.create(url=url, api_key=key, runtime="crun", timeout=60)
+    with crun, pytest.raises(ConflictError, match="checkpoint"):
+        crun.snapshot(memory=True)
+    Sandbox.delete_snapshot(snap.id, url, key)
 
 
 async def test_async_twin(api_server: ApiServer, tenant_a: tuple[str, str]) -> None:

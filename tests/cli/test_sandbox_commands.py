@@ -15,6 +15,8 @@ from tests.api.conftest import ApiServer
 
 SANDBOX_KEYS = {
     "id",
+    "network",
+    "egress",
     "tenant",
     "state",
     "template",
@@ -85,7 +87,7 @@ def test_sandbox_lifecycle_same_in_both_modes(mode: str, cli: CliRunner) -> None
 
         detail = json.loads(ok(cli.invoke(inspect, [sid])))
         assert set(detail) == SANDBOX_KEYS | {"events"}
-        assert [e["to"] for e in detail["events"]][-1] == "running"
+        assert [e["to"] for e in detail["events"] if e["kind"] == "state"][-1] == "running"
         assert set(detail["timings_ms"]) >= {"create"}
 
         assert ok(cli.invoke(logs, [sid])) == ""  # no main command

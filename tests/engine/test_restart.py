@@ -1,4 +1,6 @@
-"""An engine that dies leaves nothing running: the next one reaps what it owned."""
+"""An engine that dies leaves nothing running: the next one reaps what it owned, or re-adopts
+it (`adopt=True`), on every runtime (gVisor's agent relay is started again by the next one).
+"""
 
 from __future__ import annotations
 

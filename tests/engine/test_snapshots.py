@@ -1,5 +1,6 @@
-"""Nyx snapshots through the engine, on crun and runc: one sandbox's files saved once, three
-sandboxes started from them, each independent afterwards; the bytes of deleted snapshots,
+"""Nyx snapshots through the engine, on every runtime: one sandbox's files saved once, three
+sandboxes started from them, each independent afterwards; with its memory too (on runtimes
+that checkpoint), the clones go on with its processes; the bytes of deleted snapshots,
 sandboxes and templates gone from disk; bad input refused; retention applied.
 """
 
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tartarus.errors import ConflictError, InvalidRequestError, NotFoundError
+from tartarus.errors import CapabilityError, ConflictError, InvalidRequestError, NotFoundError
 from tartarus.models import SandboxSpec, SandboxState
 from tartarus.node import snapshots
 from tartarus.node.engine import Engine
 from tests.engine.helpers import tartarus
+from tests.engine.test_hibernate import CHECKPOINTING, _checkpointing
 from tests.images.conftest import make_busybox_layout
 
 
@@ -70,7 +72,7 @@ async def test_three_sandboxes_from_one_snapshot_are_independent(
             assert await sh(engine, cid, "cat ~/data.txt ~/d/two") == "from-source\n2\n"
             await sh(engine, cid, f"echo clone-{i} > ~/data.txt; touch ~/only-{i}")
         for i, cid in enumerate(clones):
-            out = await sh(engine, cid, "cat ~/data.txt; ls ~")
+            out = await sh(engine, cid, "cat ~/data.txt; echo ~/*")  # no `ls`: gVisor's statx
             assert out.splitlines()[0] == f"clone-{i}"
             assert [f"only-{j}" in out for j in range(3)] == [j == i for j in range(3)]
         layer = snapshots.layer_of(engine, snap.id)
@@ -110,6 +112,60 @@ async def test_a_paused_sandbox_can_be_snapshotted_and_stays_paused(
     finally:
         await engine.kill(sb.id)
     snapshots.delete(engine, snap.id)
+
+
+@pytest.fixture(params=CHECKPOINTING)
+def checkpointing(request: pytest.FixtureRequest) -> str:
+    return _checkpointing(request.param)
+
+
+@pytest.mark.slow
+async def test_memory_snapshot_restores_processes_into_three_clones(
+    engine: Engine, checkpointing: str
+) -> None:
+    rt = checkpointing
+    source = await engine.create(SandboxSpec(runtime=rt, timeout=120))
+    clones: list[str] = []
+    taken: list[str] = []
+    try:
+        await engine.agent(source.id).run_code("x = 41")
+        await sh(engine, source.id, "echo f > ~/file")
+        snap = await engine.snapshot(source.id, memory=True)
+        taken.append(snap.id)
+        assert (snap.memory, snap.runtime) == (True, rt)
+        assert engine.get(source.id).state == SandboxState.RUNNING  # woken again
+        for _ in range(3):
+            clone = await engine.create(SandboxSpec(timeout=120, snapshot=snap.id))
+            assert clone.runtime == rt
+            clones.append(clone.id)
+        for i, cid in enumerate(clones):  # the variable is there, the files too
+            assert (await engine.agent(cid).run_code("x")).value == "41"
+            await engine.agent(cid).run_code(f"x = {i}")
+            assert await sh(engine, cid, f"cat ~/file; echo {i} > ~/file") == "f\n"
+        for i, cid in enumerate(clones):  # and each went its own way
+            assert (await engine.agent(cid).run_code("x")).value == str(i)
+        assert (await engine.agent(source.id).run_code("x")).value == "41"
+        with pytest.raises(InvalidRequestError, match="main command"):
+            await engine.create(SandboxSpec(timeout=60, snapshot=snap.id, command=("true",)))
+        with pytest.raises(InvalidRequestError, match=f"restores on {rt} only"):
+            await engine.create(SandboxSpec(runtime="crun", timeout=60, snapshot=snap.id))
+    finally:
+        for sid in [source.id, *clones]:
+            await engine.kill(sid)
+        for snap_id in taken:
+            snapshots.delete(engine, snap_id)
+            assert not (engine.settings.snapshots_dir / snap_id).exists()
+
+
+async def test_crun_cannot_take_a_memory_snapshot(engine: Engine) -> None:
+    sb = await engine.create(SandboxSpec(runtime="crun", timeout=60))
+    try:
+        with pytest.raises(CapabilityError, match="checkpoint"):
+            await engine.snapshot(sb.id, memory=True)
+        assert engine.get(sb.id).state == SandboxState.RUNNING
+        assert all(s.source != sb.id for s in engine.snapshots.list(any_tenant=True))
+    finally:
+        await engine.kill(sb.id)
 
 
 async def test_bad_input(engine: Engine) -> None:
@@ -190,6 +246,7 @@ async def test_retention_by_count_and_age(engine: Engine) -> None:
         await engine.kill(sb.id)
 
 
+@pytest.mark.runtimes("crun", "runc", why="a measurement; gvisor's clones: the fork test")
 async def test_measure_snapshot_and_clone_start(engine: Engine, runtime: str) -> None:
     """Median of 10 snapshots and of 10 clone starts (printed for the notes; -s to see)."""
     sb = await engine.create(SandboxSpec(runtime=runtime, timeout=120))

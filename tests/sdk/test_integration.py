@@ -34,7 +34,9 @@ def test_sync_sandbox_end_to_end() -> None:
     ) as sb:
         info = sb.info()
         assert info.state == "running" and info.resources.memory_mb == 256
-        assert info.events and info.events[-1].to == "running"
+        states = [e.to for e in info.events or [] if e.kind == "state"]
+        assert states[-1] == "running"
+        assert [e.kind for e in info.events or []].count("admission") == 1
         assert sb.id in [s.id for s in Sandbox.list(metadata={"t": "e2e"})]
 
         out: list[str] = []

@@ -12,9 +12,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from tartarus import __version__
 from tartarus.api import (
     admin,
+    audit,
     errors,
     files,
     lifecycle,
+    network,
+    policies,
     pools,
     sandboxes,
     snapshots,
@@ -25,6 +28,8 @@ from tartarus.api.context import Context, Ctx
 from tartarus.api.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from tartarus.api.schemas import ERROR_RESPONSES
 from tartarus.config import Settings
+from tartarus.control import policyfile
+from tartarus.control.admission import for_engine
 from tartarus.node.engine import Engine
 from tartarus.runtimes.registry import PREFERENCE
 from tartarus.store.auth import AuthStore, load_pepper
@@ -54,8 +59,16 @@ def create_app(engine: Engine, settings: Settings, auth: AuthStore | None = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # lifecycle after the routes that work in a sandbox: the contract test runs routes in
     # this order on one live sandbox, which pause and terminate freeze and end
-    for module in (sandboxes, streams, files, templates, admin, snapshots, lifecycle, pools):
+    routers = (sandboxes, streams, files, templates, admin, snapshots, network, lifecycle, pools)
+    for module in routers:
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    for module in (policies, audit):  # admin-only: after the rest
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    admission = for_engine(engine)  # loads the judge plugins now: a broken one fails the start
+    if settings.policies_file is not None:
+        policyfile.apply_unchanged_skipped(
+            admission.policies, policyfile.load(settings.policies_file), actor="config"
+        )
     _operations(app)
     return app
 

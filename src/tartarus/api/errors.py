@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tartarus.errors import (
+    AdmissionDenied,
     AgentError,
     BuildError,
     ConflictError,
@@ -64,6 +65,8 @@ def engine_status(exc: TartarusError) -> tuple[int, str]:
     """The HTTP status and error type of an engine exception."""
     if isinstance(exc, NotFoundError):
         return 404, "not_found"
+    if isinstance(exc, AdmissionDenied):
+        return 403, "permission_denied"
     if isinstance(exc, InvalidRequestError):
         return 400, "invalid_request"
     if isinstance(exc, ConflictError):

@@ -20,6 +20,7 @@ from tartarus.api.schemas import (
     SandboxOut,
     Terminate,
 )
+from tartarus.control import permissions
 
 router = APIRouter(tags=["lifecycle"])
 
@@ -41,6 +42,7 @@ async def hibernate_sandbox(sandbox: Owned, who: Caller, ctx: Ctx) -> SandboxOut
     """Save a running (or paused) sandbox's memory and files to disk and free its memory and
     processes; its timeout stops counting. Any later use wakes it. `checkpoint_bytes` is
     what it takes on disk. 409 if its runtime cannot checkpoint here or it is busy."""
+    permissions.require(ctx.engine, sandbox, "hibernate", actor=who.key_id)  # Themis: 403
     return SandboxOut.of(await ctx.engine.hibernate(sandbox.id, tenant=who.tenant))
 
 
@@ -56,9 +58,15 @@ async def terminate_sandbox(
     sandbox: Owned, who: Caller, ctx: Ctx, body: Terminate | None = None
 ) -> SandboxOut:
     """SIGTERM every process, wait up to the grace period, then kill; answers the final
-    record (its reason says whether it ended within the grace). Idempotent on an ended one."""
+    record (its reason says whether it ended within the grace). Idempotent on an ended one.
+    With `checkpoint`, a snapshot is taken first and the reason names it (409 if it cannot
+    be taken, or the sandbox has ended)."""
     grace = body.grace if body is not None else None
-    return SandboxOut.of(await ctx.engine.terminate(sandbox.id, tenant=who.tenant, grace=grace))
+    checkpoint = body.checkpoint if body is not None else False
+    ended = await ctx.engine.terminate(
+        sandbox.id, tenant=who.tenant, grace=grace, checkpoint=checkpoint
+    )
+    return SandboxOut.of(ended)
 
 
 @router.get("/v1/runtimes", response_model=RuntimeList)
@@ -76,6 +84,7 @@ async def list_runtimes(who: Caller, ctx: Ctx) -> RuntimeList:
                 version=report.probe.version,
                 reason=report.probe.reason or None,
                 hint=report.probe.hint or None,
+                detail=report.probe.detail or None,
                 capabilities=RuntimeCapabilities(
                     pause=caps.pause,
                     checkpoint=caps.checkpoint,

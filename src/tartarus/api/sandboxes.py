@@ -25,6 +25,7 @@ from tartarus.api.schemas import (
     SetTimeout,
     StateFilter,
 )
+from tartarus.control import submit
 from tartarus.errors import InvalidRequestError, NotFoundError
 from tartarus.models import TERMINAL_STATES, Resources, Sandbox, SandboxSpec, SandboxState
 
@@ -77,6 +78,9 @@ def _spec(body: CreateSandbox, ctx: Ctx, tenant: str | None) -> SandboxSpec:
             runtime=body.runtime,
             metadata=body.metadata,
             snapshot=body.snapshot,
+            seccomp=body.seccomp,
+            network=body.network,
+            egress=tuple(body.egress),
         )
     except ValidationError as exc:
         raise ApiError(422, validation_message(exc.errors())) from None
@@ -88,7 +92,9 @@ async def create_sandbox(
 ) -> SandboxOut:
     received = getattr(request.state, "received", None)
     spec = _spec(body, ctx, who.tenant)
-    sandbox = await ctx.engine.create(spec, tenant=who.tenant, received=received)
+    sandbox = await submit.create(
+        ctx.engine, spec, tenant=who.tenant, actor=who.key_id, received=received
+    )
     return SandboxOut.of(sandbox)
 
 

@@ -12,7 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tartarus.config import MAX_GRACE_S
-from tartarus.models import Resources, Sandbox, SandboxState
+from tartarus.errors import InvalidRequestError
+from tartarus.models import NetworkMode, Resources, Sandbox, SandboxState
+from tartarus.node.egress import MAX_RULES, parse_rules
 
 # Longer is no use, and far longer overflows clocks and poll timeouts in the engine and the
 # guest (schemathesis found code timeouts of 2.4e16 s and of 1.1e7 s answered with a 502:
@@ -23,6 +25,20 @@ MAX_COMMAND_TIMEOUT_S = 24 * 3600.0  # one exec or code cell
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _egress_rules(v: list[str]) -> list[str]:
+    try:
+        parse_rules(v)
+    except InvalidRequestError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
+EGRESS_DOC = (
+    "allowlist mode: CIDRs (`10.1.2.0/24`) and domain names (`pypi.org`, `*.github.com`)"
+    " the sandbox may reach; DNS answers only these names"
+)
 
 
 class CreateSandbox(_In):
@@ -44,6 +60,28 @@ class CreateSandbox(_In):
         description="start from this snapshot's files (id or name); `template` defaults to"
         " the snapshot's",
     )
+    seccomp: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="seccomp profile: `default`, `strict` or a generated one (`tartarus"
+        " seccomp ls`); none: `default`",
+    )
+    network: NetworkMode = Field(
+        NetworkMode.NONE, description="none (no route out), allowlist (`egress` only) or open"
+    )
+    egress: list[str] = Field(default_factory=list, max_length=MAX_RULES, description=EGRESS_DOC)
+
+    _egress = field_validator("egress")(_egress_rules)
+
+
+class SetNetwork(_In):
+    """A running sandbox's new network mode and rules (allowlist <-> open only)."""
+
+    mode: NetworkMode
+    egress: list[str] = Field(default_factory=list, max_length=MAX_RULES, description=EGRESS_DOC)
+
+    _egress = field_validator("egress")(_egress_rules)
 
 
 class SetTimeout(_In):
@@ -94,9 +132,11 @@ class Event(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     ts: datetime
+    kind: str = "state"  # state | admission | enforcement | network ...
     from_: str | None = Field(None, alias="from")
-    to: str
+    to: str | None = None  # the new state (state events only)
     reason: str | None = None
+    data: dict[str, Any] | None = None  # the details of a non-state event
 
     @field_validator("ts")
     @classmethod
@@ -127,6 +167,8 @@ class SandboxOut(BaseModel):
         None, description="bytes on disk while hibernated: memory image and writable layer"
     )
     snapshot: str | None = Field(None, description="the snapshot it was started from")
+    network: NetworkMode = NetworkMode.NONE
+    egress: list[str] = Field(default_factory=list)
 
     @classmethod
     def of(cls, sb: Sandbox) -> SandboxOut:
@@ -151,6 +193,8 @@ class SandboxOut(BaseModel):
             hibernated_at=sb.hibernated_at,
             checkpoint_bytes=sb.checkpoint_bytes,
             snapshot=sb.spec.snapshot,
+            network=sb.spec.network,
+            egress=list(sb.spec.egress),
         )
 
 
@@ -262,6 +306,11 @@ class Terminate(_In):
         description="seconds between SIGTERM and the kill (default: the template's, else the"
         " server's)",
     )
+    checkpoint: bool = Field(
+        False,
+        description="snapshot the sandbox first (its files, and its memory where the runtime"
+        " can); the final reason names the snapshot. 409 if it cannot be snapshotted",
+    )
 
 
 class RuntimeCapabilities(BaseModel):
@@ -280,6 +329,7 @@ class RuntimeOut(BaseModel):
     version: str
     reason: str | None = Field(description="why it does not work here")
     hint: str | None = Field(description="what to install or change")
+    detail: str | None = Field(None, description="more, e.g. a microvm's accelerator and why")
     capabilities: RuntimeCapabilities
 
 

@@ -1,7 +1,8 @@
 """Snapshot routes (Nyx): take one of a sandbox, list and delete a tenant's snapshots.
 
-A snapshot holds the sandbox's files only (its writable layer), never processes or memory;
-`POST /v1/sandboxes` with `"snapshot"` starts new sandboxes from it. Another tenant's
+A snapshot holds the sandbox's files (its writable layer), and with `"memory": true` its
+processes too, where its runtime can checkpoint here (409 elsewhere); `POST /v1/sandboxes`
+with `"snapshot"` starts new sandboxes from it (node/snapshots.py). Another tenant's
 snapshot is as unknown as a missing one (404); a snapshot that a live sandbox or another
 snapshot still stands on cannot be deleted (409).
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tartarus.api.auth import Caller
 from tartarus.api.context import Ctx
 from tartarus.api.sandboxes import Owned
+from tartarus.control import permissions
 from tartarus.models import Resources
 from tartarus.node import snapshots
 from tartarus.store.snapshots import NAME_PATTERN, Snapshot
@@ -29,6 +31,11 @@ class TakeSnapshot(BaseModel):
     name: str | None = Field(
         None, pattern=NAME_PATTERN, description="unique within the tenant; usable instead of id"
     )
+    memory: bool = Field(
+        False,
+        description="save its processes too (runtimes that checkpoint: gvisor, runc with"
+        " CRIU); it is hibernated and woken for that, and must be idle",
+    )
 
 
 class SnapshotOut(BaseModel):
@@ -36,12 +43,15 @@ class SnapshotOut(BaseModel):
     name: str | None
     template: str
     image: str = Field(description="content hash of the template image it was taken on")
-    runtime: str = Field(description="of the source sandbox; clones may use any runtime")
+    runtime: str = Field(
+        description="of the source sandbox; clones may use any runtime (of a memory snapshot:"
+        " this one)"
+    )
     resources: Resources
     source: str = Field(description="the sandbox it was taken from")
     parent: str | None = Field(description="the snapshot the source was started from")
     size_bytes: int = Field(description="bytes on disk")
-    memory: bool = Field(description="whether processes and memory are in it (never, yet)")
+    memory: bool = Field(description="whether its processes and memory are in it")
     created_at: datetime
 
     @classmethod
@@ -58,9 +68,13 @@ async def snapshot_sandbox(
     sandbox: Owned, who: Caller, ctx: Ctx, body: TakeSnapshot | None = None
 ) -> SnapshotOut:
     """Save the sandbox's files as a snapshot (paused while they are copied, then resumed;
-    a paused one stays paused). 409 if it has ended or the name is taken."""
+    a paused one stays paused), and with `memory` its processes. 409 if it has ended, the
+    name is taken, or (memory) its runtime cannot checkpoint here or it is busy."""
     name = body.name if body is not None else None
-    return SnapshotOut.of(await ctx.engine.snapshot(sandbox.id, name=name, tenant=who.tenant))
+    memory = body.memory if body is not None else False
+    permissions.require(ctx.engine, sandbox, "snapshot", actor=who.key_id)  # Themis: 403
+    snap = await ctx.engine.snapshot(sandbox.id, name=name, tenant=who.tenant, memory=memory)
+    return SnapshotOut.of(snap)
 
 
 @router.get("/v1/snapshots", response_model=SnapshotList)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from tartarus.models import SandboxSpec
     from tartarus.node.engine import Engine
     from tartarus.sdk._client import AsyncClient
 
@@ -68,6 +69,44 @@ class CreateOptions:
     metadata: dict[str, str]
     command: tuple[str, ...]
     snapshot: str | None = None
+    seccomp: str | None = None
+    network: str = "none"
+    egress: tuple[str, ...] = ()
+
+    def spec(self, engine: Engine) -> SandboxSpec:
+        """The engine's spec for these options, the template's defaults filled in (the
+        embedded modes' one translation: `create` and `run` check input alike)."""
+        from pydantic import ValidationError
+
+        from tartarus.cli.options import resources, validation_message
+        from tartarus.errors import InvalidRequestError
+        from tartarus.models import NetworkMode, SandboxSpec
+
+        template = self.template
+        if template is None:
+            assert self.snapshot is not None
+            template = engine.snapshots.get(self.snapshot, any_tenant=True).template
+        base = engine.catalog.resolve(template).spec.resources
+        limits = resources(
+            base, cpu=self.cpu, memory_mb=self.memory_mb, pids=self.pids, disk_mb=self.disk_mb
+        )
+        try:
+            return SandboxSpec(
+                template=template,
+                snapshot=self.snapshot,
+                command=self.command,
+                env=self.env,
+                workdir=self.workdir,
+                resources=limits,
+                timeout=self.timeout,
+                runtime=self.runtime,
+                metadata=self.metadata,
+                seccomp=self.seccomp,
+                network=NetworkMode(self.network),
+                egress=self.egress,
+            )
+        except ValidationError as exc:
+            raise InvalidRequestError(validation_message(exc)) from None
 
 
 class Backend(Protocol):
@@ -130,6 +169,9 @@ class RemoteBackend:
             command=list(options.command),
             workdir=options.workdir,
             snapshot=options.snapshot,
+            seccomp=options.seccomp,
+            network=options.network,
+            egress=list(options.egress),
         )
         return normalise((await self.client.call(call)).model_dump(by_alias=True))
 
@@ -206,44 +248,17 @@ class EmbeddedBackend:
         self.engine = engine
 
     async def create(self, options: CreateOptions) -> dict[str, Any]:
-        from pydantic import ValidationError
-
-        from tartarus.cli.options import resources, validation_message
-        from tartarus.errors import InvalidRequestError
-        from tartarus.models import SandboxSpec
-
         if options.command:
             # Its supervisor would die with this process: only a server can keep it running.
             raise BadInputError(
                 "a sandbox with a main command needs a server (set TARTARUS_URL);"
                 " here, use `tartarus run` or `create` then `exec`"
             )
-        template = options.template
-        if template is None:
-            assert options.snapshot is not None
-            template = self.engine.snapshots.get(options.snapshot, any_tenant=True).template
-        base = self.engine.catalog.resolve(template).spec.resources
-        limits = resources(
-            base,
-            cpu=options.cpu,
-            memory_mb=options.memory_mb,
-            pids=options.pids,
-            disk_mb=options.disk_mb,
-        )
-        try:
-            spec = SandboxSpec(
-                template=template,
-                snapshot=options.snapshot,
-                env=options.env,
-                workdir=options.workdir,
-                resources=limits,
-                timeout=options.timeout,
-                runtime=options.runtime,
-                metadata=options.metadata,
-            )
-        except ValidationError as exc:
-            raise InvalidRequestError(validation_message(exc)) from None
-        return self._json(await self.engine.create(spec))
+        spec = options.spec(self.engine)
+        from tartarus.control import submit
+
+        sandbox = await submit.create(self.engine, spec, tenant=None, actor=submit.CLI_ACTOR)
+        return self._json(sandbox)
 
     async def list_sandboxes(
         self, states: list[str] | None, metadata: dict[str, str]
@@ -298,30 +313,13 @@ class EmbeddedBackend:
 
     @staticmethod
     def _json(sandbox: Any, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": sandbox.id,
-            "tenant": sandbox.tenant,
-            "state": sandbox.state.value,
-            "template": sandbox.spec.template,
-            "runtime": sandbox.runtime,
-            "command": list(sandbox.spec.command),
-            "env": dict(sandbox.spec.env),
-            "workdir": sandbox.spec.workdir,
-            "metadata": dict(sandbox.spec.metadata),
-            "resources": sandbox.resources.model_dump(),
-            "timeout": sandbox.spec.timeout,
-            "exit_code": sandbox.exit_code,
-            "reason": sandbox.reason,
-            "created_at": sandbox.created_at,
-            "started_at": sandbox.started_at,
-            "finished_at": sandbox.finished_at,
-            "timings_ms": dict(sandbox.timings_ms),
-            "hibernated_at": sandbox.hibernated_at,
-            "checkpoint_bytes": sandbox.checkpoint_bytes,
-        }
-        if events is not None:
-            data["events"] = events
-        return normalise(data)
+        # the API's own shapes, so embedded and remote output cannot drift apart
+        from tartarus.api.schemas import SandboxDetail, SandboxOut
+
+        shown = (
+            SandboxOut.of(sandbox) if events is None else SandboxDetail.with_events(sandbox, events)
+        )
+        return normalise(shown.model_dump(mode="json", by_alias=True))
 
 
 # -- choosing and running -------------------------------------------------------------------

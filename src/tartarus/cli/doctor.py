@@ -80,7 +80,7 @@ def _print(reports: list[RuntimeReport], tools: dict[str, bool], hybrid: bool) -
     table = Table("runtime", "works", "version", "pause", "checkpoint", "network", "exec", "notes")
     for r in reports:
         caps = r.capabilities
-        notes = [x for x in (r.probe.reason, r.probe.hint) if x]
+        notes = [x for x in (r.probe.reason, r.probe.hint, r.probe.detail) if x]
         if r.probe.works and "pause" in r.missing:
             notes.append(f"pause: {r.missing['pause']}")
         if r.probe.works and "checkpoint" in r.missing:

@@ -10,6 +10,7 @@ engine re-adopts it as it is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import click
@@ -17,19 +18,21 @@ import click
 from tartarus.cli.backend import Backend, EmbeddedBackend, RemoteBackend, run
 from tartarus.config import MAX_GRACE_S
 
-Action = Callable[[Backend, str], Awaitable[None]]
+Action = Callable[[Backend, str], Awaitable[str | None]]  # a line to print, else the id
+
+SAVED_AS = re.compile(r"saved as snapshot (snap-[0-9a-f]+)")
 
 
 def _each(sandbox_ids: tuple[str, ...], action: Action) -> None:
     async def body(backend: Backend) -> None:
         for sid in sandbox_ids:
-            await action(backend, sid)
-            click.echo(sid)  # at once: a later failure must not hide what was done
+            line = await action(backend, sid)
+            click.echo(line or sid)  # at once: a later failure must not hide what was done
 
     run(body)
 
 
-async def _pause(backend: Backend, sandbox_id: str) -> None:
+async def _pause(backend: Backend, sandbox_id: str) -> str | None:
     if isinstance(backend, RemoteBackend):
         from tartarus.sdk import _api
 
@@ -37,9 +40,10 @@ async def _pause(backend: Backend, sandbox_id: str) -> None:
     else:
         assert isinstance(backend, EmbeddedBackend)
         await backend.engine.pause(sandbox_id)
+    return None
 
 
-async def _resume(backend: Backend, sandbox_id: str) -> None:
+async def _resume(backend: Backend, sandbox_id: str) -> str | None:
     if isinstance(backend, RemoteBackend):
         from tartarus.sdk import _api
 
@@ -47,9 +51,10 @@ async def _resume(backend: Backend, sandbox_id: str) -> None:
     else:
         assert isinstance(backend, EmbeddedBackend)
         await backend.engine.resume(sandbox_id)
+    return None
 
 
-async def _hibernate(backend: Backend, sandbox_id: str) -> None:
+async def _hibernate(backend: Backend, sandbox_id: str) -> str | None:
     if isinstance(backend, RemoteBackend):
         from tartarus.sdk import _api
 
@@ -57,9 +62,10 @@ async def _hibernate(backend: Backend, sandbox_id: str) -> None:
     else:
         assert isinstance(backend, EmbeddedBackend)
         await backend.engine.hibernate(sandbox_id)
+    return None
 
 
-async def _wake(backend: Backend, sandbox_id: str) -> None:
+async def _wake(backend: Backend, sandbox_id: str) -> str | None:
     if isinstance(backend, RemoteBackend):
         from tartarus.sdk import _api
 
@@ -67,17 +73,22 @@ async def _wake(backend: Backend, sandbox_id: str) -> None:
     else:
         assert isinstance(backend, EmbeddedBackend)
         await backend.engine.wake(sandbox_id)
+    return None
 
 
-def _terminate(grace: float | None) -> Action:
-    async def action(backend: Backend, sandbox_id: str) -> None:
+def _terminate(grace: float | None, checkpoint: bool) -> Action:
+    async def action(backend: Backend, sandbox_id: str) -> str | None:
         if isinstance(backend, RemoteBackend):
             from tartarus.sdk import _api
 
-            await backend.client.call(_api.terminate_sandbox(sandbox_id, grace))
+            call = _api.terminate_sandbox(sandbox_id, grace, checkpoint)
+            reason = (await backend.client.call(call)).reason
         else:
             assert isinstance(backend, EmbeddedBackend)
-            await backend.engine.terminate(sandbox_id, grace=grace)
+            ended = await backend.engine.terminate(sandbox_id, grace=grace, checkpoint=checkpoint)
+            reason = ended.reason
+        saved = SAVED_AS.search(reason or "") if checkpoint else None
+        return f"{sandbox_id} {saved.group(1)}" if saved else None
 
     return action
 
@@ -122,12 +133,20 @@ def wake(sandbox_ids: tuple[str, ...]) -> None:
     metavar="SECONDS",
     help="Time between SIGTERM and the kill (default: the template's, else the config's).",
 )
+@click.option(
+    "--checkpoint",
+    is_flag=True,
+    help="Snapshot each first (files, and memory where the runtime can); prints `ID SNAPSHOT`.",
+)
 @click.argument("sandbox_ids", nargs=-1, required=True, metavar="ID...")
-def terminate(grace: float | None, sandbox_ids: tuple[str, ...]) -> None:
+def terminate(grace: float | None, checkpoint: bool, sandbox_ids: tuple[str, ...]) -> None:
     """SIGTERM every process of the sandboxes, give them the grace period, then kill; print
-    the ids (`inspect` shows how each ended). A hibernated sandbox is woken first.
+    the ids (`inspect` shows how each ended). A hibernated sandbox is woken first. With
+    --checkpoint each is snapshotted first (`run --snapshot SNAPSHOT` starts it again); one
+    that cannot be is left running, with an error.
 
     \b
     Example:  tartarus terminate --grace 5 sb-1a2b3c4d5e6f
+              tartarus terminate --checkpoint sb-1a2b3c4d5e6f   # prints: sb-… snap-…
     """
-    _each(sandbox_ids, _terminate(grace))
+    _each(sandbox_ids, _terminate(grace, checkpoint))

@@ -43,8 +43,12 @@ COMMANDS = {  # name -> (module, attribute, one-line help for the listing)
     "keys": ("tartarus.cli.admin", "keys", "Create, list and revoke API keys (server)."),
     "tenants": ("tartarus.cli.admin", "tenants", "Create and list tenants (server)."),
     "pool": ("tartarus.cli.pool", "pool", "Set, list and remove warm pools (server)."),
+    "policy": ("tartarus.cli.policy", "policy", "List, show, apply and remove policies."),
+    "audit": ("tartarus.cli.audit", "audit", "List and verify the audit log."),
     "server": ("tartarus.cli.server", "server", "Serve the HTTP API with this machine's engine."),
     "bench": ("tartarus.cli.bench", "bench", "Benchmark against raw crun and host python3."),
+    "seccomp": ("tartarus.cli.seccomp", "seccomp", "List, show and generate seccomp profiles."),
+    "network": ("tartarus.cli.network", "network", "Change a running sandbox's network."),
 }
 
 

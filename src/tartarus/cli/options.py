@@ -49,7 +49,7 @@ def validation_message(exc: ValidationError) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 # runtime names are listed here, not imported from the registry, so `--help` stays cheap
-RUNTIME_NAMES = ("crun", "runc", "gvisor")
+RUNTIME_NAMES = ("auto", "crun", "runc", "gvisor", "microvm")
 
 
 def sandbox_options(func: F) -> F:
@@ -96,6 +96,46 @@ def snapshot_option(func: F) -> F:
         metavar="SNAP",
         help="Start from this snapshot's files (id or name); the template is the snapshot's.",
     )(func)
+
+
+def seccomp_option(func: F) -> F:
+    """`--seccomp NAME`: the sandbox's seccomp profile (Typhon)."""
+    return click.option(
+        "--seccomp",
+        default=None,
+        metavar="NAME",
+        help="Seccomp profile: default, strict or a generated one (`tartarus seccomp ls`).",
+    )(func)
+
+
+NETWORK_MODES = ("none", "allowlist", "open")
+
+
+def network_options(func: F) -> F:
+    """`--network MODE` and `--allow RULE` (Styx) for a new sandbox."""
+    func = click.option(
+        "--allow",
+        "allow",
+        multiple=True,
+        metavar="RULE",
+        help="With --network allowlist: a CIDR or domain it may reach (pypi.org,"
+        " *.github.com); repeatable.",
+    )(func)
+    return click.option(
+        "--network",
+        type=click.Choice(NETWORK_MODES),
+        default="none",
+        show_default=True,
+        help="none: no route out; allowlist: only --allow rules; open: anything but the host,"
+        " cloud metadata and private ranges.",
+    )(func)
+
+
+def parse_rules(rules: tuple[str, ...]) -> None:
+    """Egress rules checked as the engine checks them (a bad one is InvalidRequestError)."""
+    from tartarus.node.egress import parse_rules as check
+
+    check(rules)
 
 
 def template_for(template: str, snapshot: str | None) -> str | None:

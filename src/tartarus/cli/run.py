@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -20,16 +21,26 @@ import click
 from pydantic import ValidationError
 
 from tartarus.cli.options import (
+    network_options,
     parse_env,
+    parse_rules,
     resources,
     sandbox_options,
+    seccomp_option,
     snapshot_option,
     template_for,
     validation_message,
 )
 from tartarus.cli.progress import BuildProgress
+from tartarus.control import submit
 from tartarus.errors import InvalidRequestError
-from tartarus.models import TERMINAL_STATES, Resources, Sandbox, SandboxSpec, SandboxState
+from tartarus.models import (
+    TERMINAL_STATES,
+    Resources,
+    Sandbox,
+    SandboxSpec,
+    SandboxState,
+)
 from tartarus.node.agent_client import OutputCallback
 from tartarus.node.engine import Engine
 from tartarus.node.live import MainIO
@@ -52,11 +63,16 @@ MAX_EXEC_TIMEOUT_S = 24 * 3600.0  # the API's bound on one exec; longer runs rel
 @click.command()
 @sandbox_options
 @snapshot_option
+@seccomp_option
+@network_options
 @click.option("--stdin", "pass_stdin", is_flag=True, help="Pass this command's stdin through.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     template: str,
     snapshot: str | None,
+    seccomp: str | None,
+    network: str,
+    allow: tuple[str, ...],
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -75,58 +91,32 @@ def run(
     Exit codes: the command's own; 124 timed out; 137 killed (OOM or otherwise);
     130 interrupted; 1 the sandbox failed; 2 bad input.
     """
-    env_map = parse_env(env)
-    from tartarus.cli.backend import is_remote
+    from tartarus.cli.backend import CreateOptions, is_remote
 
-    chosen = template_for(template, snapshot)  # None: the snapshot's
-    if is_remote():
-        return _run_remote(
-            chosen,
-            runtime,
-            cpu,
-            memory,
-            pids,
-            disk,
-            timeout,
-            env_map,
-            workdir,
-            pass_stdin,
-            command,
-            snapshot=snapshot,
-        )
-    return asyncio.run(
-        _run(
-            chosen,
-            runtime,
-            cpu,
-            memory,
-            pids,
-            disk,
-            timeout,
-            env_map,
-            workdir,
-            pass_stdin,
-            command,
-            snapshot=snapshot,
-        )
+    parse_rules(allow)
+    options = CreateOptions(
+        template=template_for(template, snapshot),  # None: the snapshot's
+        runtime=runtime,
+        cpu=cpu,
+        memory_mb=memory,
+        pids=pids,
+        disk_mb=disk,
+        timeout=timeout,
+        env=parse_env(env),
+        workdir=workdir,
+        metadata={},
+        command=command,
+        snapshot=snapshot,
+        seccomp=seccomp,
+        network=network,
+        egress=allow,
     )
+    if is_remote():
+        return _run_remote(options, pass_stdin)
+    return asyncio.run(_run(options, pass_stdin))
 
 
-async def _run(
-    template: str | None,
-    runtime: str | None,
-    cpu: float | None,
-    memory: int | None,
-    pids: int | None,
-    disk: int | None,
-    timeout: float,
-    env: dict[str, str],
-    workdir: str | None,
-    pass_stdin: bool,
-    command: tuple[str, ...],
-    *,
-    snapshot: str | None = None,
-) -> int:
+async def _run(options: CreateOptions, pass_stdin: bool) -> int:
     engine = Engine()
     # no reconcile: it would reap the sandboxes `tartarus create` left running for later
     # commands (an adopting engine, as `ps`/`exec` open, takes care of real orphans)
@@ -136,31 +126,21 @@ async def _run(
     if main is not None:
         loop.add_signal_handler(signal.SIGTERM, _on_sigterm, main)
     try:
-        if template is None:
-            assert snapshot is not None
-            template = engine.snapshots.get(snapshot, any_tenant=True).template
-        base = engine.catalog.resolve(template).spec.resources
-        limits = resources(base, cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
-        try:
-            spec = SandboxSpec(
-                template=template,
-                snapshot=snapshot,
-                command=command,
-                env=env,
-                workdir=workdir,
-                resources=limits,
-                timeout=timeout,
-                runtime=runtime,
-            )
-        except ValidationError as exc:
-            raise InvalidRequestError(validation_message(exc)) from None
+        spec = options.spec(engine)
         io = MainIO(
             on_stdout=_writer(sys.stdout.buffer),
             on_stderr=_writer(sys.stderr.buffer),
             stdin=_stdin_chunks() if pass_stdin else None,
         )
-        with BuildProgress() as progress:
-            sandbox = await engine.run(spec, io=io, progress=progress.update)
+        with BuildProgress() as progress:  # admission first, as for every create
+            sandbox = await submit.create(
+                engine, spec, tenant=None, actor=submit.CLI_ACTOR, io=io, progress=progress.update
+            )
+        try:
+            sandbox = await engine.wait(sandbox.id)
+        except BaseException:
+            await engine.kill(sandbox.id, reason="interrupted")
+            raise
         return exit_code(sandbox)
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED
@@ -198,56 +178,40 @@ def _report_end(sandbox_id: str, state: SandboxState, reason: str | None) -> int
 # -- server mode ----------------------------------------------------------------------------
 
 
-def _run_remote(
-    template: str | None,
-    runtime: str | None,
-    cpu: float | None,
-    memory: int | None,
-    pids: int | None,
-    disk: int | None,
-    timeout: float,
-    env: dict[str, str],
-    workdir: str | None,
-    pass_stdin: bool,
-    command: tuple[str, ...],
-    *,
-    snapshot: str | None = None,
-) -> int:
-    from tartarus.cli.backend import CreateOptions, cli_errors
+def _run_remote(options: CreateOptions, pass_stdin: bool) -> int:
+    from tartarus.cli.backend import cli_errors
 
     # Check the options here, as embedded mode does, so both answer with the same line.
-    limits = resources(Resources(), cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
+    limits = resources(
+        Resources(),
+        cpu=options.cpu,
+        memory_mb=options.memory_mb,
+        pids=options.pids,
+        disk_mb=options.disk_mb,
+    )
     try:
         SandboxSpec(
-            template=template or "python",
-            command=command,
-            env=env,
-            workdir=workdir,
+            template=options.template or "python",
+            command=options.command,
+            env=options.env,
+            workdir=options.workdir,
             resources=limits,
-            timeout=timeout,
-            runtime=runtime,
+            timeout=options.timeout,
+            runtime=options.runtime,
         )
     except ValidationError as exc:
         raise InvalidRequestError(validation_message(exc)) from None
-    options = CreateOptions(
-        template=template,
-        runtime=runtime,
-        cpu=cpu,
-        memory_mb=memory,
-        pids=pids,
-        disk_mb=disk,
+    timeout = options.timeout
+    idle = dataclasses.replace(
+        options,
         timeout=min(timeout + REMOTE_TIMEOUT_MARGIN_S, MAX_SANDBOX_TIMEOUT_S),
-        env=env,
-        workdir=workdir,
-        metadata={},
         command=(),  # idle: COMMAND runs through exec, which streams stdin/out and its timeout
-        snapshot=snapshot,
     )
     # the exec API takes stdin whole, as `tartarus exec --stdin` sends it
     stdin = sys.stdin.buffer.read() if pass_stdin else None
     exec_timeout = timeout if timeout <= MAX_EXEC_TIMEOUT_S else None
     with cli_errors():
-        return asyncio.run(_remote_main(options, list(command), exec_timeout, stdin))
+        return asyncio.run(_remote_main(idle, list(options.command), exec_timeout, stdin))
 
 
 async def _remote_main(

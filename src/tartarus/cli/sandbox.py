@@ -14,7 +14,15 @@ from typing import Any, BinaryIO
 import click
 
 from tartarus.cli.backend import Backend, BadInputError, CreateOptions, ExecOutcome, run
-from tartarus.cli.options import parse_env, sandbox_options, snapshot_option, template_for
+from tartarus.cli.options import (
+    network_options,
+    parse_env,
+    parse_rules,
+    sandbox_options,
+    seccomp_option,
+    snapshot_option,
+    template_for,
+)
 
 STATES = (
     "pending",
@@ -57,11 +65,16 @@ def _check_resources(**given: float | None) -> None:
 @click.command()
 @sandbox_options
 @snapshot_option
+@seccomp_option
+@network_options
 @click.option("--metadata", "-m", multiple=True, metavar="K=V", help="Label (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def create(
     template: str,
     snapshot: str | None,
+    seccomp: str | None,
+    network: str,
+    allow: tuple[str, ...],
     runtime: str | None,
     cpu: float | None,
     memory: int | None,
@@ -79,6 +92,7 @@ def create(
     Example:  id=$(tartarus create -t python) && tartarus exec "$id" -- python3 -V
     """
     _check_resources(cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk)
+    parse_rules(allow)
     options = CreateOptions(
         template=template_for(template, snapshot),
         runtime=runtime,
@@ -92,6 +106,9 @@ def create(
         metadata=_pairs(metadata, "--metadata"),
         command=command,
         snapshot=snapshot,
+        seccomp=seccomp,
+        network=network,
+        egress=allow,
     )
 
     async def body(backend: Backend) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 The engine must live in the loop's thread (it enters a private mount namespace per thread
 and spawns runtimes from there), so uvicorn is driven programmatically inside our own loop
 rather than by `uvicorn.run`. On SIGTERM uvicorn drains, then the shutdown policy applies
-(`--shutdown`, `TARTARUS_SHUTDOWN`): `leave` (the default) closes the engine *without* killing
-sandboxes, so the next server on the same state dir re-adopts them (paused ones stay paused);
-`terminate` ends each one gracefully first (SIGTERM, its grace period, kill).
+(`--shutdown`, `TARTARUS_SHUTDOWN`, node/shutdown.py): `leave` (the default) closes the engine
+*without* killing sandboxes, so the next server on the same state dir re-adopts them (paused
+ones stay paused); `terminate` ends each one gracefully first (SIGTERM, its grace period,
+kill); `hibernate` hibernates those whose runtime can checkpoint, for the next server to wake
+on first use.
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import uvicorn
 
 from tartarus.config import SHUTDOWN_POLICIES, Settings
 from tartarus.store.auth import AuthStore, load_pepper
-
-if TYPE_CHECKING:
-    from tartarus.node.engine import Engine
 
 ADMIN_TENANT = "admin"
 GRACEFUL_SHUTDOWN_S = 5
@@ -52,8 +50,10 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
     "--shutdown",
     type=click.Choice(SHUTDOWN_POLICIES),
     default=None,
-    help="On SIGTERM: leave sandboxes running for the next server, or terminate them"
-    " gracefully (default: $TARTARUS_SHUTDOWN or leave).",
+    help="On SIGTERM: leave sandboxes running for the next server, terminate them"
+    " gracefully, or hibernate those that can be (the next server wakes them on use; the"
+    " rest are left, or terminated where the next server could not re-adopt them)"
+    " (default: $TARTARUS_SHUTDOWN or leave).",
 )
 def server(
     host: str, port: int, state_dir: Path | None, log_level: str, shutdown: str | None
@@ -61,7 +61,8 @@ def server(
     """Serve the HTTP API (docs/api.md) with the engine on this machine (run as root).
 
     By default sandboxes outlive the server: stop it with SIGTERM and the next start
-    re-adopts them. With `--shutdown terminate` they are terminated gracefully instead.
+    re-adopts them. With `--shutdown terminate` they are terminated gracefully instead;
+    with `--shutdown hibernate` they sleep on disk until the next server's first use.
     """
     if state_dir is not None:
         os.environ["TARTARUS_STATE_DIR"] = str(state_dir.absolute())
@@ -104,6 +105,7 @@ class _Server(uvicorn.Server):
 
 async def _serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     from tartarus.api import create_app
+    from tartarus.node import shutdown
     from tartarus.node.engine import Engine
 
     engine = Engine(settings, adopt=True)
@@ -128,15 +130,7 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
         finally:
             await app.state.ctx.execs.close()  # running execs end with the server
     finally:
-        if settings.shutdown == "terminate":
-            await _terminate_all(engine)
+        for sid, outcome in (await shutdown.apply(engine, settings.shutdown)).items():
+            if outcome not in ("terminated", "hibernated", "left"):
+                click.echo(f"tartarus: shutting {sid} down: {outcome}", err=True)
         await engine.close(kill=False)
-
-
-async def _terminate_all(engine: Engine) -> None:
-    """Graceful termination of every sandbox at once: the slowest grace bounds the wait."""
-    ids = engine.running_ids()
-    results = await asyncio.gather(*(engine.terminate(sid) for sid in ids), return_exceptions=True)
-    for sid, result in zip(ids, results, strict=True):
-        if isinstance(result, BaseException):
-            click.echo(f"tartarus: terminating {sid} failed: {result}", err=True)

@@ -1,12 +1,13 @@
-"""`tartarus snapshot ID [--name N]` and `tartarus checkpoints ls|rm`: what sandboxes saved
-to disk.
+"""`tartarus snapshot ID [--name N] [--memory]` and `tartarus checkpoints ls|rm`: what
+sandboxes saved to disk.
 
-Two kinds of checkpoint take disk space: snapshots (a sandbox's files, which `run/create
---snapshot` start new sandboxes from) and hibernation images (a hibernated sandbox's memory
-and files, removed when it wakes or ends). `checkpoints ls` lists both with their size and
-age; `checkpoints rm` deletes a snapshot (`snap-...` or its name) or ends a hibernated
-sandbox (`sb-...`), which removes its image. Like the other commands they reach a server
-when `TARTARUS_URL` is set and the embedded engine otherwise.
+Two kinds of checkpoint take disk space: snapshots (a sandbox's files, with `--memory` its
+processes too, which `run/create --snapshot` start new sandboxes from) and hibernation
+images (a hibernated sandbox's memory and files, removed when it wakes or ends).
+`checkpoints ls` lists both with their size and age; `checkpoints rm` deletes a snapshot
+(`snap-...` or its name) or ends a hibernated sandbox (`sb-...`), which removes its image.
+Like the other commands they reach a server when `TARTARUS_URL` is set and the embedded
+engine otherwise.
 """
 
 from __future__ import annotations
@@ -20,24 +21,32 @@ import click
 from tartarus.cli.backend import Backend, BadInputError, EmbeddedBackend, RemoteBackend, run
 
 
-async def _take(backend: Backend, sandbox_id: str, name: str | None) -> dict[str, Any]:
+async def _take(
+    backend: Backend, sandbox_id: str, name: str | None, memory: bool
+) -> dict[str, Any]:
     if isinstance(backend, RemoteBackend):
         from tartarus.sdk import _api
 
-        info = await backend.client.call(_api.snapshot_sandbox(sandbox_id, name))
+        info = await backend.client.call(_api.snapshot_sandbox(sandbox_id, name, memory))
         return info.model_dump(mode="json")
     assert isinstance(backend, EmbeddedBackend)
-    snap = await backend.engine.snapshot(sandbox_id, name=name)
+    snap = await backend.engine.snapshot(sandbox_id, name=name, memory=memory)
     return snap.model_dump(mode="json", exclude={"tenant"})
 
 
 @click.command()
 @click.option("--name", default=None, help="A name to start sandboxes from instead of the id.")
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Save its processes too (runtimes that checkpoint: gvisor, runc with CRIU).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @click.argument("sandbox_id", metavar="ID")
-def snapshot(sandbox_id: str, name: str | None, as_json: bool) -> None:
+def snapshot(sandbox_id: str, name: str | None, memory: bool, as_json: bool) -> None:
     """Save a sandbox's files as a snapshot and print its id (the sandbox is paused while
-    they are copied). Files only: processes and memory are not saved.
+    they are copied). With --memory its processes are saved too (it is hibernated and woken
+    for that): sandboxes started from it go on from where it was, on the same runtime.
 
     \b
     Example:  snap=$(tartarus snapshot "$id" --name seeded)
@@ -45,7 +54,7 @@ def snapshot(sandbox_id: str, name: str | None, as_json: bool) -> None:
     """
 
     async def body(backend: Backend) -> dict[str, Any]:
-        return await _take(backend, sandbox_id, name)
+        return await _take(backend, sandbox_id, name, memory)
 
     snap = run(body)
     click.echo(json.dumps(snap, indent=2) if as_json else snap["id"])

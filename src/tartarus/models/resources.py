@@ -13,6 +13,18 @@ class NetworkMode(enum.StrEnum):
     OPEN = "open"
 
 
+class Isolation(enum.StrEnum):
+    """How strongly a runtime separates a sandbox from the host kernel, weakest first."""
+
+    CONTAINER = "container"  # namespaces, cgroups, seccomp on the host kernel (crun, runc)
+    USER_KERNEL = "user-kernel"  # a kernel in user space between it and the host (gVisor)
+    VM = "vm"  # its own kernel under a hypervisor or an emulator (microvm)
+
+    @property
+    def rank(self) -> int:
+        return list(Isolation).index(self)
+
+
 class Resources(BaseModel):
     """Per-sandbox limits. Bounds are sanity limits for one host, not policy (that is Themis)."""
 

@@ -17,7 +17,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tartarus.models.resources import NetworkMode, Resources
+from tartarus.models.enforcement import Enforcement
+from tartarus.models.resources import Isolation, NetworkMode, Resources
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -81,7 +82,15 @@ class SandboxSpec(BaseModel):
     resources: Resources | None = None  # None: the template's defaults
     timeout: float = Field(300.0, gt=0, le=7 * 24 * 3600, description="wall-clock seconds")
     network: NetworkMode = NetworkMode.NONE
-    runtime: str | None = None  # None: the best runtime that works on this host
+    # allowlist mode: CIDRs ("10.0.0.0/8", "192.0.2.1") and domain names ("pypi.org",
+    # "*.github.com") this sandbox may reach (Styx, node/network)
+    egress: tuple[str, ...] = ()
+    runtime: str | None = None  # None or "auto": the fastest that works and is strong enough
+    isolation: Isolation | None = None  # the weakest isolation acceptable (policy, quarantine)
+    seccomp: str | None = None  # seccomp profile name; None: the default deny-list profile
+    enforcement: Enforcement | None = None  # Erinyes' watch limits, set by admission (policy)
+    # why admission quarantined it (Typhon): strongest runtime, strict seccomp, no network
+    quarantine: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     # start from this snapshot's files (id or name; the engine stores the id): its layer is
     # an extra read-only lower below the sandbox's own writable layer (node/snapshots.py)

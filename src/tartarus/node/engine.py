@@ -1,12 +1,12 @@
 """The node engine (Hecatoncheir): one path from a spec to a running, supervised sandbox.
 
 create() resolves the template image, picks the runtime, mounts the private writable layer
-(Lethe), hands the guest agent a listening socket and starts the container. A supervisor
-task per sandbox then runs the main command (if any), enforces the wall-clock timeout
-(Erinyes) and decides how the sandbox ended: exit code, OOM kill (read from the memory
-cgroup before it is deleted), timeout or kill. Every path, failures included, ends in
-`_finish`, which releases the container, the mounts, the cgroups and the socket before the
-final state is written, so a record that says "ended" never hides a live resource.
+(Lethe), sets up the network (Styx) where one is asked for, hands the guest agent a
+listening socket and starts the container; a pooled sandbox is handed out instead where one
+fits (Nyx). A supervisor task per sandbox then watches it to its end (node/supervisor.py:
+every path, failed starts included, ends in `supervisor.finish`). The rest is the facade
+the API and CLI use: queries, exec, and the lifecycle actions, each in its own module
+(lifecycle, hibernate, snapshots, readopt).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import structlog
 from tartarus.config import Settings
 from tartarus.errors import (
     AgentError,
+    CapabilityError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
@@ -37,23 +38,36 @@ from tartarus.images.cache import ImageCache, resolve_in_root
 from tartarus.images.catalog import TemplateCatalog
 from tartarus.models import (
     ExecResult,
+    NetworkMode,
     Resources,
     Sandbox,
     SandboxSpec,
     SandboxState,
     TemplateSpec,
 )
-from tartarus.node import guestfiles, hibernate, idle, lifecycle, logs, owners, snapshots
+from tartarus.node import (
+    guestfiles,
+    hibernate,
+    idle,
+    lifecycle,
+    logs,
+    owners,
+    snapshots,
+    supervisor,
+)
 from tartarus.node.agent_client import AgentClient, OutputCallback
+from tartarus.node.enforcement import Erinyes
 from tartarus.node.live import USER_GID, USER_UID, LiveSandbox, MainIO
-from tartarus.node.logs import LogEntry, OutputLog
+from tartarus.node.logs import LogEntry
+from tartarus.node.network import Styx
 from tartarus.node.overlay import Overlay
 from tartarus.node.pools import Pools, load_pool_file
 from tartarus.node.timings import PhaseClock, PhaseListener
-from tartarus.runtimes import cgroups, hostns, reaper
-from tartarus.runtimes.base import BindMount, ContainerConfig, ContainerStatus
-from tartarus.runtimes.bundle import CGROUP_PARENT, host_uid
+from tartarus.runtimes import hostns, reaper
+from tartarus.runtimes.base import BindMount, ContainerConfig
+from tartarus.runtimes.bundle import host_uid
 from tartarus.runtimes.registry import RuntimeRegistry
+from tartarus.runtimes.seccomp_profiles import SeccompProfiles
 from tartarus.store import Database
 from tartarus.store.jobs import JobQueue
 from tartarus.store.sandboxes import SandboxRepository
@@ -64,7 +78,6 @@ log = structlog.get_logger("tartarus.engine")
 HOME = "/home/user"
 GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
 AGENT_GRACE_S = 5.0  # the in-guest deadline fires after ours: it is only a backstop
-WATCH_INTERVAL_S = 1.0
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -92,9 +105,16 @@ class Engine:
             snapshots_dir=self.settings.snapshots_dir,
         )
         self.runtimes = RuntimeRegistry(self.settings.state_dir)
+        self.seccomp = SeccompProfiles(self.settings.state_dir)  # Typhon's named profiles
         self.owner = owners.current()
         self.pools = Pools(self)
+        self.erinyes = Erinyes(self)  # usage budgets while sandboxes run, and the output cap
+        self.network = Styx(self.settings)  # allowlist/open sandboxes' netns, rules and DNS
         self.phase_listeners: builtins.list[PhaseListener] = []  # e.g. Prometheus histograms
+        # Whether policy lets the engine hibernate a sandbox on its own (idle, shutdown): the
+        # control plane installs its check (the node reads no policies); an API request is
+        # checked before it reaches the engine.
+        self.may_hibernate: Callable[[Sandbox], bool] = lambda _sandbox: True
         self._clocks: dict[str, PhaseClock] = {}  # sandboxes not yet past their first exec
         self._late: dict[str, dict[str, float]] = {}  # phases measured after the start
         self._background: set[asyncio.Task[None]] = set()
@@ -109,8 +129,9 @@ class Engine:
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)  # container roots (unprivileged host uids) must traverse to binds
         self.settings.logs_dir.mkdir(mode=0o700, exist_ok=True)
-        if hostns.is_hybrid_cgroup_host():
-            hostns.enter()
+        # always, not only on hybrid hosts: a CLI started from inside another engine's
+        # namespace (no cgroup2 left to hide) would otherwise mount in, and share, that one
+        hostns.enter()
         reaper.become_subreaper()
         self._guest_dir = guestfiles.install(self.settings.state_dir)
         if reconcile:
@@ -136,6 +157,7 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.erinyes.close()
         if kill:
             await asyncio.gather(
                 *(self.kill(sid, reason="engine shut down") for sid in list(self._live)),
@@ -152,6 +174,10 @@ class Engine:
             # released, not orphaned: the next engine (even in this process) may adopt it
             with contextlib.suppress(Exception):
                 self.sandboxes.set_owner(live.sandbox.id, None)
+        for runtime in self.runtimes.runtimes.values():  # gVisor's agent relays end with us
+            if (close := getattr(runtime, "close", None)) is not None:
+                await close()
+        self.network.close()  # their resolvers: the next engine serves them again
         self.db.close()
 
     async def __aenter__(self) -> Engine:
@@ -180,6 +206,8 @@ class Engine:
         if received is not None:
             clock.mark("admit")
         template = self.catalog.resolve(spec.template)
+        self.network.validate(spec.network, spec.egress)  # before anything is made
+        seccomp = self.seccomp.resolve(spec.seccomp)  # an unknown name fails before anything
         snap: Snapshot | None = None
         if spec.snapshot is not None:  # its files over the image it was taken on
             snap = snapshots.resolve_for_create(self, spec, tenant)
@@ -188,10 +216,13 @@ class Engine:
         else:
             image = self.catalog.ensure_built(spec.template, progress=progress)
         clock.mark("image")
+        # a snapshot keeps its runtime unless the required isolation rules it out
         default_runtime = snap.runtime if snap is not None else self.settings.default_runtime
-        runtime = await self.runtimes.select(spec.runtime or default_runtime)
+        runtime = await self.runtimes.select(spec.runtime, spec.isolation, default=default_runtime)
+        if spec.network.value not in runtime.capabilities.network_modes:  # before Styx's work
+            raise CapabilityError(runtime.name, f"network {spec.network.value}")
         resources = spec.resources or template.spec.resources
-        env, workdir = _environment(spec, template.spec)
+        env, workdir = environment(spec, template.spec)
         pooled = None
         if pool is None and snap is None:  # a pooled sandbox lacks the snapshot's files
             pooled = self.pools.take(
@@ -234,6 +265,7 @@ class Engine:
                 clock,
                 preimport=template.spec.preimport,
                 extra_lowers=snapshots.lowers(self, snap) if snap is not None else (),
+                seccomp=seccomp,
             )
             clock.phases["create"] = clock.since_start()
             now = datetime.now(UTC)
@@ -247,11 +279,17 @@ class Engine:
             )
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, TartarusError) else f"start failed: {exc!r}"
-            await asyncio.shield(self._finish(live, SandboxState.FAILED, reason=reason))
+            await asyncio.shield(supervisor.finish(self, live, SandboxState.FAILED, reason=reason))
             self.jobs.finish(job_id, self.owner, error=reason)
             raise
-        live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
+        live.task = asyncio.create_task(supervisor.supervise(self, live, io or MainIO()))
         self._started(live, clock)
+        if snap is not None and snap.memory:  # Nyx: the snapshot's processes, not fresh ones
+            try:
+                await snapshots.restore_memory(self, live, snap)
+            except BaseException:
+                await asyncio.shield(self.kill(sandbox.id, reason="memory restore failed"))
+                raise
         return live.sandbox
 
     async def _fit(self, live: LiveSandbox, resources: Resources) -> bool:
@@ -310,7 +348,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await live.task
                 live.detached = False
-                live.task = asyncio.create_task(self._supervise(live, io or MainIO()))
+                live.task = asyncio.create_task(supervisor.supervise(self, live, io or MainIO()))
         except BaseException:
             await asyncio.shield(self.kill(live.sandbox.id, reason="hand-out from pool failed"))
             raise
@@ -318,6 +356,7 @@ class Engine:
         return live.sandbox
 
     def _started(self, live: LiveSandbox, clock: PhaseClock, *, guest: bool = True) -> None:
+        self.erinyes.watch(live)
         for phase, ms in clock.phases.items():
             self._observe(phase, ms)
         self._late.pop(live.sandbox.id, None)  # a pooled one's were the pool's
@@ -379,6 +418,7 @@ class Engine:
         *,
         preimport: tuple[str, ...] = (),
         extra_lowers: Sequence[Path] = (),
+        seccomp: dict[str, Any] | None = None,
     ) -> None:
         assert self._guest_dir is not None, "Engine.open() was not called"
         live.directory.mkdir(mode=0o711)
@@ -393,6 +433,11 @@ class Engine:
                 owned[live.workdir] = (uid, gid, 0o755)
         overlay.mount(lower, resources.disk_mb, owned, extra_lowers=extra_lowers)
         clock.mark("overlay")
+        spec = live.sandbox.spec
+        if spec.network != NetworkMode.NONE:  # Styx; `none` keeps the runtime's own netns
+            await self.network.attach(live.sandbox.id, live.directory, spec.network, spec.egress)
+            clock.mark("network")
+        netns, net_binds = self.network.container_parts(live.directory)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(live.socket_path))
@@ -407,8 +452,10 @@ class Engine:
                 resources=resources,
                 uid=USER_UID,
                 gid=USER_GID,
-                binds=[BindMount(self._guest_dir, GUEST_MOUNT)],
+                binds=[BindMount(self._guest_dir, GUEST_MOUNT), *net_binds],
                 pass_fds=[listener.fileno()],
+                netns=netns,
+                seccomp=seccomp,
             )
             live.init_pid = await live.runtime.start(
                 config, live.directory / "bundle", live.directory / "init.log"
@@ -416,187 +463,6 @@ class Engine:
         finally:
             listener.close()  # the container holds its own copy
         clock.mark("runtime")
-
-    async def _supervise(self, live: LiveSandbox, io: MainIO, *, resume: bool = False) -> None:
-        spec = live.sandbox.spec
-        hibernate.attach(self, live)  # uses wake it when hibernated
-        waiters: set[asyncio.Future[Any]] = set()
-        main: asyncio.Task[ExecResult] | None = None
-        killed = asyncio.ensure_future(live.killed.wait())
-        waiters.add(killed)
-        if spec.command:
-            live.output = OutputLog(self.settings.logs_dir / f"{live.sandbox.id}.jsonl")
-            main = asyncio.create_task(
-                live.run_main(
-                    list(spec.command),
-                    env=live.env,
-                    cwd=live.workdir,
-                    stdin=io.stdin,
-                    on_stdout=io.on_stdout,
-                    on_stderr=io.on_stderr,
-                    resume=resume,
-                )
-            )
-            waiters.add(main)
-        watch = asyncio.create_task(self._watch_container(live))
-        waiters.add(watch)
-        try:
-            while True:
-                moved = asyncio.ensure_future(live.deadline_moved.wait())
-                remaining = lifecycle.seconds_left(live.sandbox)  # None while paused
-                if live.container_away:  # being hibernated or woken, or hibernated
-                    remaining = None
-                done, _ = await asyncio.wait(
-                    waiters | {moved},
-                    timeout=None if remaining is None else max(remaining, 0),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                moved.cancel()
-                if done == {moved}:
-                    live.deadline_moved.clear()
-                    continue
-                done.discard(moved)
-                break
-            state, exit_code, reason = await self._outcome(live, done, main, killed)
-            state, exit_code, reason = lifecycle.final_outcome(live, state, exit_code, reason)
-        except BaseException as exc:
-            state, exit_code, reason = SandboxState.FAILED, None, f"supervisor error: {exc!r}"
-            raise
-        finally:
-            for w in waiters:
-                w.cancel()
-            if not live.detached:
-                await self._finish(live, state, exit_code=exit_code, reason=reason)
-
-    async def _outcome(
-        self,
-        live: LiveSandbox,
-        done: set[asyncio.Future[Any]],
-        main: asyncio.Task[ExecResult] | None,
-        killed: asyncio.Future[Any],
-    ) -> tuple[SandboxState, int | None, str | None]:
-        sid = live.sandbox.id
-        if killed in done:
-            return SandboxState.KILLED, None, live.kill_reason
-        if not done:
-            return SandboxState.TIMED_OUT, None, "wall-clock timeout reached"
-        if cgroups.oom_kills(CGROUP_PARENT, sid) > 0:
-            return SandboxState.OOM_KILLED, 137, "memory"
-        if main is not None and main in done:
-            try:
-                result = main.result()
-            except AgentError as exc:
-                return SandboxState.FAILED, None, f"guest agent failed: {exc}"
-            if result.error:
-                return SandboxState.FAILED, result.exit_code, result.error
-            return SandboxState.EXITED, result.exit_code, None
-        return SandboxState.FAILED, None, "sandbox init exited unexpectedly"
-
-    async def _watch_container(self, live: LiveSandbox) -> None:
-        """Return when the container stops on its own (its agent died or was killed)."""
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            status = await live.runtime.status(live.sandbox.id)
-            if status in (None, ContainerStatus.STOPPED) and not live.container_away:
-                return
-
-    async def _finish(
-        self,
-        live: LiveSandbox,
-        state: SandboxState,
-        *,
-        exit_code: int | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """Release everything, then record the final state. Safe to call on partial starts,
-        and it always marks the sandbox done, whatever fails on the way."""
-        sid = live.sandbox.id
-        errors: list[str] = []
-        try:
-            try:
-                await live.runtime.delete(sid)
-            except Exception as exc:
-                errors.append(f"delete: {exc}")
-            if live.init_pid is not None and not await reaper.reap(live.init_pid):
-                errors.append(f"init process {live.init_pid} did not exit")
-            try:
-                Overlay(live.directory).remove()
-            except OSError as exc:
-                errors.append(f"overlay: {exc}")
-            if survivors := await cgroups.drain(CGROUP_PARENT, sid):
-                errors.append(f"processes survived the kill: {sorted(survivors)}")
-            cgroups.remove(CGROUP_PARENT, sid)
-            try:
-                live.sandbox = self.sandboxes.update(
-                    live.sandbox,
-                    release=True,
-                    state=state,
-                    exit_code=exit_code,
-                    reason=reason,
-                    finished_at=datetime.now(UTC),
-                    timings_ms=self._timings(live),
-                )
-            except Exception as exc:  # the store may be gone; the sandbox is released anyway
-                errors.append(f"record: {exc}")
-                live.sandbox = live.sandbox.model_copy(
-                    update={"state": state, "exit_code": exit_code, "reason": reason}
-                )
-        finally:
-            if errors:
-                log.error("cleanup incomplete", sandbox=sid, errors=errors)
-            self._live.pop(sid, None)
-            self._clocks.pop(sid, None)
-            self._late.pop(sid, None)
-            live.done.set()
-
-    async def readopt(self, sandbox: Sandbox) -> bool:
-        """Supervise again a running sandbox whose engine died; False if it cannot be. A
-        paused one stays paused, with the time it had left; a hibernated one stays hibernated.
-
-        A main command is re-attached when it runs detached in the guest; one that was an
-        ordinary exec (stdin fed by the dead engine) died with its connection.
-        """
-        runtime = self.runtimes.runtimes.get(sandbox.runtime)
-        paused = sandbox.state == SandboxState.PAUSED  # stays paused, its time left kept
-        hibernated = sandbox.state == SandboxState.HIBERNATED  # nothing runs: files on disk
-        if not (paused or hibernated or sandbox.state == SandboxState.RUNNING) or runtime is None:
-            return False
-        expected = ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
-        if not hibernated and await runtime.status(sandbox.id) != expected:
-            return False
-        try:
-            template = self.catalog.resolve(sandbox.spec.template)
-        except TartarusError:
-            return False
-        env, workdir = _environment(sandbox.spec, template.spec)
-        if sandbox.expires_at is None:
-            started = sandbox.started_at or sandbox.created_at
-            sandbox = sandbox.model_copy(
-                update={"expires_at": started + timedelta(seconds=sandbox.spec.timeout)}
-            )
-        directory = self.settings.sandboxes_dir / sandbox.id
-        live = LiveSandbox(sandbox, runtime, directory, directory / "a.sock", env, workdir)
-        with contextlib.suppress(OSError, ValueError):
-            live.init_pid = int((directory / "bundle" / "init.pid").read_text())
-        try:
-            if hibernated:
-                if not hibernate.readoptable(self, live):
-                    return False
-            elif not paused:
-                await asyncio.wait_for(live.client.ping(), timeout=2.0)
-            elif not await lifecycle.readoptable_while_paused(self, live):
-                return False
-            if sandbox.spec.command and sandbox.state == SandboxState.RUNNING:
-                status = await asyncio.wait_for(live.client.main_status(), timeout=2.0)
-                if not status.get("started"):
-                    return False
-        except (AgentError, TimeoutError):
-            return False
-        self._live[sandbox.id] = live
-        resume = bool(sandbox.spec.command)
-        live.task = asyncio.create_task(self._supervise(live, MainIO(), resume=resume))
-        log.info("re-adopted sandbox", sandbox=sandbox.id)
-        return True
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -756,25 +622,44 @@ class Engine:
         return await hibernate.wake(self, live)
 
     async def terminate(
-        self, sandbox_id: str, *, tenant: str | None = None, grace: float | None = None
+        self,
+        sandbox_id: str,
+        *,
+        tenant: str | None = None,
+        grace: float | None = None,
+        checkpoint: bool = False,
     ) -> Sandbox:
         """SIGTERM every process but the guest agent, give them `grace` seconds (default:
         the template's, else the configured one), then kill; the final record says how it
-        ended (node/lifecycle.py). An ended sandbox is returned as it is."""
+        ended (node/lifecycle.py). An ended sandbox is returned as it is. `checkpoint`
+        snapshots it first (409 if it cannot be), and the final reason names the snapshot."""
         sandbox = self.get(sandbox_id, tenant=tenant)
         seconds = lifecycle.grace_for(self, sandbox, grace)
         if sandbox.terminal:
+            if checkpoint:
+                raise ConflictError(
+                    f"sandbox {sandbox_id} is {sandbox.state.value}: nothing left to checkpoint"
+                )
             return sandbox
         live = self._get_live(sandbox_id, tenant, paused_ok=True)
-        return await lifecycle.terminate(self, live, seconds, AGENT_GRACE_S)
+        saved = await snapshots.take(self, live, None) if checkpoint else None
+        return await lifecycle.terminate(
+            self, live, seconds, AGENT_GRACE_S, saved_as=saved.id if saved else None
+        )
 
     async def snapshot(
-        self, sandbox_id: str, *, name: str | None = None, tenant: str | None = None
+        self,
+        sandbox_id: str,
+        *,
+        name: str | None = None,
+        tenant: str | None = None,
+        memory: bool = False,
     ) -> Snapshot:
-        """Save the sandbox's files (its writable layer, copied while it is paused) as a
-        snapshot that new sandboxes start from (node/snapshots.py)."""
+        """Save the sandbox's files (its writable layer, copied while it is paused), and with
+        `memory` its processes, as a snapshot that new sandboxes start from
+        (node/snapshots.py)."""
         live = self._get_live(sandbox_id, tenant, paused_ok=True)
-        return await snapshots.take(self, live, name)
+        return await snapshots.take(self, live, name, memory=memory)
 
     def logs(
         self,
@@ -803,7 +688,7 @@ class Engine:
         return list(self._live)
 
 
-def _environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, str], str]:
+def environment(spec: SandboxSpec, template: TemplateSpec) -> tuple[dict[str, str], str]:
     """The environment and working directory commands get: base, template, then request."""
     return {**BASE_ENV, **template.env, **spec.env}, spec.workdir or template.workdir
 

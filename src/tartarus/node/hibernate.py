@@ -32,7 +32,7 @@ import structlog
 
 from tartarus.errors import AgentError, CapabilityError, ConflictError, TartarusError
 from tartarus.models import IllegalTransition, Sandbox, SandboxState
-from tartarus.node import lifecycle, parking, sleepfiles
+from tartarus.node import lifecycle, network, parking, sleepfiles
 from tartarus.node.agent_client import AgentClient
 from tartarus.node.live import USER_GID, USER_UID
 from tartarus.node.overlay import Overlay
@@ -99,6 +99,11 @@ def refusal(live: LiveSandbox) -> str | None:
         return f"sandbox {sid} waits in a warm pool; pooled sandboxes do not hibernate"
     if sandbox.spec.command:
         return f"sandbox {sid} runs a main command; only sandboxes kept for exec hibernate"
+    if not live.runtime.checkpoints_with_network and network.load(live.directory) is not None:
+        return (
+            f"sandbox {sid} cannot hibernate: {live.runtime.name} cannot checkpoint a sandbox"
+            f" with network {sandbox.spec.network.value} (only with network none)"
+        )
     return None
 
 
@@ -261,6 +266,9 @@ async def _restore(engine: Engine, live: LiveSandbox) -> None:
     saved = sleepfiles.hibernated_dir(live.directory)
     layer = sleepfiles.Layer(live.directory)
     info = engine.images.info(sandbox.image)
+    # Styx: a sandbox with a network is refused today (`refusal`); were one to sleep, a netns
+    # that went with the engine holding it would be made again here
+    await engine.network.ensure(sandbox.id, live.directory)
     mounted_here = False
     if not layer.mounted():
         lowerdir = Overlay(live.directory).lowerdir(engine.images.rootfs(sandbox.image))
@@ -320,6 +328,7 @@ def _config(engine: Engine, live: LiveSandbox, python: str | None, fd: int) -> C
     else:
         args = [f"{guest}/busybox", "sh"]
     assert engine._guest_dir is not None
+    netns, net_binds = engine.network.container_parts(live.directory)
     return ContainerConfig(
         id=live.sandbox.id,
         rootfs=sleepfiles.Layer(live.directory).rootfs,
@@ -329,8 +338,9 @@ def _config(engine: Engine, live: LiveSandbox, python: str | None, fd: int) -> C
         resources=live.sandbox.resources,
         uid=USER_UID,
         gid=USER_GID,
-        binds=[BindMount(engine._guest_dir, guest)],
+        binds=[BindMount(engine._guest_dir, guest), *net_binds],
         pass_fds=[fd] if python is not None else [],
+        netns=netns,
     )
 
 

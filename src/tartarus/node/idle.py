@@ -53,6 +53,9 @@ async def monitor(engine: Engine) -> None:
         for live in list(engine._live.values()):
             if not _sleepy(live, idle_s) or not sleepfiles.Layer(live.directory).reachable():
                 continue
+            if not engine.may_hibernate(live.sandbox):  # its policy says no (Themis)
+                live.last_used = time.time()  # asked again after another idle period
+                continue
             try:
                 if not (await engine.runtimes.capabilities(live.runtime.name)).checkpoint:
                     continue

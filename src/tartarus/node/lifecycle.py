@@ -19,6 +19,10 @@ wrappers around the functions here.
   `terminated: killed after the N s grace period`. A timeout or OOM kill during the grace
   is reported as such. Grace: the request's, else the template's `termination_grace_s`,
   else `Settings.termination_grace_s`.
+* **terminate with checkpoint** first snapshots the sandbox (node/snapshots.py: its files,
+  and its memory where the runtime can), so it can be started again later; a sandbox that
+  cannot be snapshotted is refused (409) before any signal. The final reason names the
+  snapshot: `terminated: ended within grace; saved as snapshot snap-…`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tartarus.lifecycle")
 
 ENDED_WITHIN_GRACE = "terminated: ended within grace"
+# the snapshot a terminate took first, by sandbox id, until the final record names it
+_saved_as: dict[str, str] = {}
 POLL_S = 0.05  # how often terminate looks whether everything has ended
 AGENT_CALL_S = 5.0  # a live agent answers a signal request in milliseconds
 
@@ -179,12 +185,22 @@ def grace_for(engine: Engine, sandbox: Sandbox, requested: float | None) -> floa
     return engine.settings.termination_grace_s
 
 
-async def terminate(engine: Engine, live: LiveSandbox, grace: float, agent_grace: float) -> Sandbox:
-    """SIGTERM, up to `grace` seconds to end, then kill; returns the final record."""
+async def terminate(
+    engine: Engine,
+    live: LiveSandbox,
+    grace: float,
+    agent_grace: float,
+    *,
+    saved_as: str | None = None,
+) -> Sandbox:
+    """SIGTERM, up to `grace` seconds to end, then kill; returns the final record, whose
+    reason names `saved_as` (the snapshot taken first) if there is one."""
     async with live.lifecycle_lock:
         if live.done.is_set() or live.killed.is_set():
             await live.done.wait()
             return live.sandbox
+        if saved_as is not None:
+            _saved_as[live.sandbox.id] = saved_as
         if live.sandbox.state == SandboxState.HIBERNATED:
             from tartarus.node import hibernate  # it builds on this module
 
@@ -201,6 +217,7 @@ async def terminate(engine: Engine, live: LiveSandbox, grace: float, agent_grace
             live.kill_reason = reason
         live.killed.set()  # a supervisor that already decided ignores it
         await live.done.wait()
+        _saved_as.pop(live.sandbox.id, None)  # written by final_outcome, or never will be
         return live.sandbox
 
 
@@ -252,6 +269,15 @@ def final_outcome(
     live: LiveSandbox, state: SandboxState, exit_code: int | None, reason: str | None
 ) -> tuple[SandboxState, int | None, str | None]:
     """How a terminated sandbox's record ends (see the module docstring); others unchanged."""
+    state, exit_code, reason = _final_outcome(live, state, exit_code, reason)
+    if (snap := _saved_as.pop(live.sandbox.id, None)) is not None:
+        reason = f"{reason or 'terminated'}; saved as snapshot {snap}"
+    return state, exit_code, reason
+
+
+def _final_outcome(
+    live: LiveSandbox, state: SandboxState, exit_code: int | None, reason: str | None
+) -> tuple[SandboxState, int | None, str | None]:
     if not live.terminating or state in (SandboxState.TIMED_OUT, SandboxState.OOM_KILLED):
         return state, exit_code, reason
     if state == SandboxState.KILLED:

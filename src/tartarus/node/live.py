@@ -18,10 +18,13 @@ from pathlib import Path
 from tartarus.errors import AgentError, CapabilityError
 from tartarus.models import ExecResult, Sandbox
 from tartarus.node.agent_client import AgentClient, OutputCallback, _Connection
+from tartarus.node.enforcement import OutputMeter
 from tartarus.node.logs import OutputLog
 from tartarus.runtimes.base import Runtime
 
 USER_UID = USER_GID = 1000  # the unprivileged user commands run as, inside
+DEFAULT_OUTPUT_CAP = 64 * 1024 * 1024  # the engine sets the configured one (Erinyes.watch)
+CAPPED_POLL_S = 1.0
 
 
 @dataclass
@@ -50,6 +53,8 @@ class LiveSandbox:
     waker: Callable[[], Awaitable[None]] | None = None  # wakes it first if it is hibernated
     in_use: int = 0  # agent connections and runtime execs open right now
     last_used: float = field(default_factory=time.time)  # when the last one ended
+    # Erinyes: all output (main and execs) passes it; past the cap it is dropped, not kept
+    meter: OutputMeter = field(default_factory=lambda: OutputMeter(cap=DEFAULT_OUTPUT_CAP))
 
     @property
     def client(self) -> AgentClient:
@@ -101,7 +106,7 @@ class LiveSandbox:
                 env=env,
                 cwd=cwd,
                 stdin=stdin,
-                on_stdout=tee(output, "stdout", on_stdout),
+                on_stdout=tee(output, "stdout", on_stdout),  # metered by `exec`
                 on_stderr=tee(output, "stderr", on_stderr),
             )
         client = self.client
@@ -109,6 +114,11 @@ class LiveSandbox:
             await client.start_main(argv, env=env, cwd=cwd)
 
         async def record(seq: int, stream: str, data: bytes) -> None:
+            data = self.meter.admit(data)
+            if not data:
+                if self.meter.exhausted:  # a flood: stop reading it (see below)
+                    raise _OutputCapped
+                return
             output.append(stream, data, seq=seq)
             callback = on_stdout if stream == "stdout" else on_stderr
             if callback is not None:
@@ -119,11 +129,22 @@ class LiveSandbox:
         # A broken attach (the guest short of pids or memory, say) does not end the command:
         # attach again after what we logged. The supervisor's deadline, kill and container
         # watch decide when the sandbox is over.
+        # Past the output cap nothing more is kept: rather than read and drop a flood (a core
+        # of the engine's), detach and ask every second whether it ended, then attach after
+        # its last record for the exit.
         delay = 0.1
+        after = output.last_seq
+        capped = False
         while True:
             try:
-                return await client.attach(output.last_seq, on_output=record)
+                if capped:
+                    after = await _main_ended(client)
+                    capped = False
+                return await client.attach(after, on_output=record)
+            except _OutputCapped:
+                capped = True
             except AgentError:
+                after = max(after, output.last_seq)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -138,17 +159,20 @@ class LiveSandbox:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
-        """Through the guest agent, or the runtime's own exec where the image has no python3."""
+        """Through the guest agent, or the runtime's own exec where the image has no python3.
+        Output passes the sandbox's meter; without callbacks it is collected, capped too."""
         if self.has_agent:
-            return await self.client.exec(
+            out, err = bytearray(), bytearray()
+            result = await self.client.exec(
                 argv,
                 env=env,
                 cwd=cwd,
                 timeout=timeout,
                 stdin=stdin,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
+                on_stdout=metered(self.meter, on_stdout, out),
+                on_stderr=metered(self.meter, on_stderr, err),
             )
+            return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
         if stdin is not None and not isinstance(stdin, bytes):
             stdin = b"".join([chunk async for chunk in stdin])
         out, err = bytearray(), bytearray()
@@ -161,11 +185,24 @@ class LiveSandbox:
                 uid=USER_UID,
                 gid=USER_GID,
                 stdin=stdin,
-                on_stdout=sink(on_stdout, out),
-                on_stderr=sink(on_stderr, err),
+                on_stdout=metered(self.meter, on_stdout, out),
+                on_stderr=metered(self.meter, on_stderr, err),
                 timeout=timeout,
             )
         return result.model_copy(update={"stdout": bytes(out), "stderr": bytes(err)})
+
+
+class _OutputCapped(Exception):
+    """Raised from the attach callback to stop reading a main command's flood."""
+
+
+async def _main_ended(client: AgentClient) -> int:
+    """Wait until the main command has ended; its last record's seq."""
+    while True:
+        status = await client.main_status()
+        if not status.get("running"):
+            return int(status.get("last_seq") or 0)
+        await asyncio.sleep(CAPPED_POLL_S)
 
 
 class _UsedClient(AgentClient):
@@ -223,8 +260,15 @@ def tee(log: OutputLog, stream: str, callback: OutputCallback | None) -> OutputC
     return write
 
 
-def sink(callback: OutputCallback | None, keep: bytearray) -> Callable[[bytes], Awaitable[None]]:
+def metered(
+    meter: OutputMeter, callback: OutputCallback | None, keep: bytearray
+) -> Callable[[bytes], Awaitable[None]]:
+    """Pass what `meter` admits to `callback`, or keep it when there is none."""
+
     async def write(data: bytes) -> None:
+        data = meter.admit(data)
+        if not data:
+            return
         if callback is None:
             keep.extend(data)
             return

@@ -20,6 +20,16 @@ from tartarus.runtimes import hostns
 LOWERS_FILE = "lowers"  # the stacked lowerdir of a sandbox started from a snapshot
 
 
+# Inodes per MiB of layer: a tmpfs otherwise allows half the host's RAM pages in inodes, and
+# each costs kernel memory whatever the files hold (1 GiB of layer: 65536 files).
+INODES_PER_MB = 64
+MIN_INODES = 4096
+
+
+def _options(disk_mb: int) -> str:
+    return f"size={disk_mb}m,nr_inodes={max(MIN_INODES, disk_mb * INODES_PER_MB)},mode=0755"
+
+
 class Overlay:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -38,7 +48,7 @@ class Overlay:
         `extra_lowers` (a snapshot's layers, topmost first) lie between it and `lower`."""
         self.layer.mkdir(parents=True, exist_ok=True)
         self.rootfs.mkdir(exist_ok=True)
-        hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", f"size={disk_mb}m,mode=0755")
+        hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", _options(disk_mb))
         upper, work = self.layer / "upper", self.layer / "work"
         upper.mkdir()
         work.mkdir()
@@ -62,8 +72,9 @@ class Overlay:
 
     def resize(self, disk_mb: int) -> None:
         """A new size for the writable layer (its tmpfs); less than what it holds fails."""
-        options = f"size={disk_mb}m,mode=0755"
-        hostns.mount("tartarus-lethe", str(self.layer), "tmpfs", options, hostns.MS_REMOUNT)
+        hostns.mount(
+            "tartarus-lethe", str(self.layer), "tmpfs", _options(disk_mb), hostns.MS_REMOUNT
+        )
 
     def unmount(self) -> None:
         hostns.umount(str(self.rootfs))

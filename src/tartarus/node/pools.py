@@ -157,6 +157,7 @@ class Pools:
         if pool is None:
             return None
         fixed_at_start = spec.network != NetworkMode.NONE or spec.workdir not in (None, workdir)
+        fixed_at_start |= spec.seccomp not in (None, "default")  # pooled ones have the default
         for live in [] if fixed_at_start else list(pool.ready):
             sandbox = live.sandbox
             if live.done.is_set() or live.killed.is_set():
@@ -164,7 +165,13 @@ class Pools:
             elif sandbox.image != image:  # the template was rebuilt since
                 pool.ready.remove(live)
                 self._discard(live, "template image changed")
-            elif sandbox.runtime == runtime and _fits(resources, sandbox.resources, live):
+            elif (
+                sandbox.runtime == runtime
+                # both fixed at start: a quarantined or strict request never gets a default one
+                and sandbox.spec.seccomp == spec.seccomp
+                and sandbox.spec.quarantine == spec.quarantine
+                and _fits(resources, sandbox.resources, live)
+            ):
                 pool.ready.remove(live)
                 pool.hits += 1
                 pool.handed_out.add(sandbox.id)

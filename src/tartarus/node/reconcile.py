@@ -20,6 +20,7 @@ import structlog
 from tartarus.models import TERMINAL_STATES, SandboxState
 from tartarus.node import owners
 from tartarus.node.overlay import Overlay
+from tartarus.node.readopt import readopt
 from tartarus.runtimes import cgroups, reaper
 from tartarus.runtimes.bundle import CGROUP_PARENT
 
@@ -40,7 +41,7 @@ async def reconcile(engine: Engine) -> list[str]:
             keep.add(sid)
             continue
         sandbox = engine.sandboxes.get(sid)
-        if engine.adopt and await engine.readopt(sandbox):
+        if engine.adopt and await readopt(engine, sandbox):
             keep.add(sid)
             continue
         runtime = engine.runtimes.runtimes.get(sandbox.runtime)

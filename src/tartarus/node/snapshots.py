@@ -13,8 +13,18 @@ it lives (overlayfs does not allow its lowers to change under a mount).
 Consistency: a running sandbox is paused (the cgroup freezer; gVisor stops its tasks) while
 its layer is copied and resumed right after, so no half-written file is saved; a hibernated
 one is copied from its saved layer. Where the runtime cannot pause here, the copy is taken
-live and says so in the log. Snapshots hold files only: no processes or memory (`memory` is
-always false in the record; a checkpoint-based fork is future work).
+live and says so in the log.
+
+Memory snapshots (`memory=True`, runtimes that checkpoint here: gVisor, runc with CRIU) hold
+the processes too. The source is hibernated (node/hibernate.py), its checkpoint image (and
+the parked agent's socket name, runc) and its saved layer are copied, and it is woken again:
+runsc 20221219's `checkpoint --leave-running` is a checkpoint, destroy and restore as well,
+and it failed here waiting for the destroyed sandbox. A sandbox started from one is created
+as from any snapshot, then hibernated at once and woken from the snapshot's image instead
+of its own: runsc and CRIU both restore into another container id and rootfs path, so each
+clone has the source's processes (a Python variable set before the snapshot is there) over
+its own writable layer. It keeps the snapshot's runtime and takes no main command (the
+restored processes replace whatever was started).
 
 Retention (`Settings.snapshot_max_age_s`, `snapshot_max_count` per tenant) is applied after
 each snapshot and periodically by every open engine, which also removes snapshots whose
@@ -38,6 +48,7 @@ import structlog
 from tartarus.errors import CapabilityError, ConflictError, InvalidRequestError, TartarusError
 from tartarus.models import TERMINAL_STATES, SandboxSpec, SandboxState
 from tartarus.node import sleepfiles
+from tartarus.node.hibernate import PARKED
 from tartarus.store.snapshots import Snapshot
 
 if TYPE_CHECKING:
@@ -47,6 +58,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tartarus.nyx")
 
 LAYER = "layer"
+MEMORY = "memory"  # a memory snapshot's checkpoint image (and the agent's parked socket name)
 RETENTION_SCAN_S = 60.0
 LIVE_STATES = [s for s in SandboxState if s not in TERMINAL_STATES]
 
@@ -75,6 +87,15 @@ def resolve_for_create(engine: Engine, spec: SandboxSpec, tenant: str | None) ->
         raise InvalidRequestError(
             f"snapshot {snap.id} is of template {snap.template!r}, not {spec.template!r}"
         )
+    if snap.memory and spec.runtime not in (None, "auto", snap.runtime):
+        raise InvalidRequestError(
+            f"snapshot {snap.id} holds memory of a {snap.runtime} sandbox: it restores on"
+            f" {snap.runtime} only, not {spec.runtime}"
+        )
+    if snap.memory and spec.command:
+        raise InvalidRequestError(
+            f"snapshot {snap.id} holds processes, which replace a main command: run it with exec"
+        )
     if not engine.images.exists(snap.image) or not layer_of(engine, snap.id).is_dir():
         raise ConflictError(f"snapshot {snap.id} is unusable: its files or its image are gone")
     return snap
@@ -88,11 +109,19 @@ def _refusal(live: LiveSandbox) -> str | None:
         return f"sandbox {sid} is {sandbox.state.value}, not running"
     if sandbox.pool is not None:
         return f"sandbox {sid} waits in a warm pool"
+    if not live.runtime.files_on_host:
+        return (
+            f"runtime {live.runtime.name!r} does not support snapshots yet: the sandbox's"
+            " files live on its own disk, not in a layer the engine can copy"
+        )
     return None
 
 
-async def take(engine: Engine, live: LiveSandbox, name: str | None) -> Snapshot:
-    """Copy `live`'s writable layer into a new snapshot and record it."""
+async def take(
+    engine: Engine, live: LiveSandbox, name: str | None, *, memory: bool = False
+) -> Snapshot:
+    """Copy `live`'s writable layer (and with `memory` its processes) into a new snapshot
+    and record it."""
     if (why := _refusal(live)) is not None:
         raise ConflictError(why)
     sandbox = live.sandbox
@@ -107,7 +136,10 @@ async def take(engine: Engine, live: LiveSandbox, name: str | None) -> Snapshot:
     target.mkdir(mode=0o711)  # clones' unprivileged root must traverse to the layer
     t0 = time.perf_counter()
     try:
-        await _copy_layer(engine, live, target / LAYER)
+        if memory:
+            await _save_memory(engine, live, target)
+        else:
+            await _copy_layer(engine, live, target / LAYER)
         ms = round((time.perf_counter() - t0) * 1000, 2)
         snap = Snapshot(
             id=snap_id,
@@ -120,6 +152,7 @@ async def take(engine: Engine, live: LiveSandbox, name: str | None) -> Snapshot:
             source=sandbox.id,
             parent=sandbox.spec.snapshot,
             size_bytes=sleepfiles.disk_bytes(target),
+            memory=memory,
             created_at=datetime.now(UTC),
         )
         engine.snapshots.insert(snap)
@@ -158,6 +191,40 @@ async def _copy_layer(engine: Engine, live: LiveSandbox, dest: Path) -> None:
         if paused_here:
             with contextlib.suppress(ConflictError):  # ended meanwhile: nothing to resume
                 await engine.resume(live.sandbox.id)
+
+
+async def _save_memory(engine: Engine, live: LiveSandbox, target: Path) -> None:
+    """Hibernate `live` (409 where it cannot be), copy its image and layer, wake it again."""
+    sid = live.sandbox.id
+    asleep = live.sandbox.state == SandboxState.HIBERNATED
+    if not asleep:
+        await engine.hibernate(sid)
+    try:
+        saved = sleepfiles.hibernated_dir(live.directory)
+        await sleepfiles._run("cp", "-a", str(saved / "upper"), str(target / LAYER))
+        (target / MEMORY).mkdir()
+        await sleepfiles._run("cp", "-a", str(saved / "image"), str(target / MEMORY / "image"))
+        if (saved / PARKED).exists():
+            shutil.copy2(saved / PARKED, target / MEMORY / PARKED)
+    finally:
+        if not asleep:
+            await engine.wake(sid)
+
+
+async def restore_memory(engine: Engine, live: LiveSandbox, snap: Snapshot) -> None:
+    """Give `live`, just started from `snap`, the snapshot's processes in place of its own:
+    hibernate it, put the snapshot's image where its own was saved, and wake it."""
+    if live.runtime.name != snap.runtime:
+        raise ConflictError(f"snapshot {snap.id} restores on {snap.runtime} only")
+    await engine.hibernate(live.sandbox.id)
+    saved = sleepfiles.hibernated_dir(live.directory)
+    shutil.rmtree(saved / "image")
+    (saved / PARKED).unlink(missing_ok=True)
+    source = engine.settings.snapshots_dir / snap.id / MEMORY
+    await sleepfiles._run("cp", "-a", str(source / "image"), str(saved / "image"))
+    if (source / PARKED).exists():
+        shutil.copy2(source / PARKED, saved / PARKED)
+    await engine.wake(live.sandbox.id)
 
 
 def _users(engine: Engine) -> set[str]:

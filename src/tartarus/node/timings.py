@@ -2,7 +2,8 @@
 
 Each phase is a duration in ms (not a running total), so the figures add up and a slow
 phase stands out: admit (the API's checks before the engine), image, schedule (runtime
-choice and the pool lookup), queue (the create job), overlay, runtime (the container up),
+choice and the pool lookup), queue (the create job), overlay, network (Styx's netns and
+rules, for `allowlist`/`open` sandboxes only), runtime (the container up),
 pool (a warm sandbox handed out instead), guest_ready (the guest agent first answers) and
 first_exec (from the start of the create to the first command's result: time to
 interactive). `create` is the total until the sandbox is running. Listeners (the API's

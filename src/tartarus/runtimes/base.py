@@ -16,9 +16,10 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tartarus.errors import CapabilityError
-from tartarus.models import ExecResult, Resources
+from tartarus.models import ExecResult, Isolation, Resources
 
 
 class ContainerStatus(enum.StrEnum):
@@ -30,11 +31,12 @@ class ContainerStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
+    isolation: Isolation = Isolation.CONTAINER  # `--runtime auto` picks by this, then speed
     pause: bool = False  # freeze every process keeping memory (cgroup freezer, runsc pause)
     checkpoint: bool = False  # memory to disk and back (hibernate)
     userns: bool = False
     exec_channel: str = "agent"  # our guest agent; "runtime exec" serves python-less images
-    network_modes: tuple[str, ...] = ("none",)
+    network_modes: tuple[str, ...] = ("none", "allowlist", "open")  # Styx, on every runtime
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ProbeResult:
     pause_error: str = ""  # why not, if the runtime declares pause
     checkpoint: bool = False  # a probe sandbox was really checkpointed and restored
     checkpoint_error: str = ""  # why not
+    detail: str = ""  # what else doctor shows (microvm: the accelerator, and why not KVM)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class ContainerConfig:
     hostname: str = "sandbox"
     binds: list[BindMount] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list)  # become fds 3, 4, ... inside
+    netns: Path | None = None  # join this network namespace (Styx); None: a new one, lo only
+    seccomp: dict[str, Any] | None = None  # an OCI seccomp profile; None: the default one
 
 
 class Runtime(abc.ABC):
@@ -79,6 +84,11 @@ class Runtime(abc.ABC):
     # a checkpoint cannot save a host socket (CRIU): the engine moves the guest agent off its
     # host listening socket around one (node/parking.py)
     needs_agent_parking: bool = False
+    # whether a checkpoint works for a sandbox in a network namespace of ours (Styx)
+    checkpoints_with_network: bool = True
+    # the sandbox writes to the host's overlay layer (containers), which files snapshots
+    # copy; a VM writes to its own disk image instead
+    files_on_host: bool = True
 
     def __init__(self, root: Path) -> None:
         self.root = root  # the runtime's own state lives here, apart from other users'

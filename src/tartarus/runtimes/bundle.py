@@ -92,11 +92,20 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
             "source": "mqueue",
             "options": ["nosuid", "noexec", "nodev"],
         },
+        # sysfs needs the netns's owner: a joined netns (Styx) is the host's, so it gets an
+        # empty read-only /sys (never the host's, which a bind fallback would show)
         {
             "destination": "/sys",
             "type": "sysfs",
             "source": "sysfs",
             "options": ["nosuid", "noexec", "nodev", "ro"],
+        }
+        if config.netns is None
+        else {
+            "destination": "/sys",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "noexec", "nodev", "ro", "size=4k"],
         },
     ]
     for bind in config.binds:
@@ -127,15 +136,14 @@ def build_spec(config: ContainerConfig) -> dict[str, Any]:
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": HOST_UID_BASE, "size": ID_RANGE}],
             "gidMappings": [{"containerID": 0, "hostID": HOST_UID_BASE, "size": ID_RANGE}],
-            "namespaces": [
-                {"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user", "cgroup")
-            ],
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user", "cgroup")]
+            + [{"type": "network", **({"path": str(config.netns)} if config.netns else {})}],
             "resources": {
                 **cgroup_limits(res),
                 "devices": [{"allow": False, "access": "rwm"}],
             },
             "cgroupsPath": f"/{CGROUP_PARENT}/{config.id}",
-            "seccomp": default_profile(),
+            "seccomp": config.seccomp or default_profile(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },

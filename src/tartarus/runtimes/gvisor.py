@@ -11,9 +11,19 @@ filters and our memory/cpu cgroups. What differs from crun/runc here:
   sandbox, and every host connection to the engine's listening socket is relayed by a
   `runsc exec` of a tiny stdio<->socket bridge. Nothing host-side is writable from inside.
   Each agent call pays one `runsc exec` (about 90 ms). The relay lives in the engine's
-  event loop: after an engine restart the agent of a surviving sandbox is unreachable.
-* Our OCI seccomp profile (`--oci-seccomp`) makes thread creation fail inside gVisor
-  ("can't start new thread" in the agent), so it is not loaded: the sentry filters itself.
+  event loop and ends with it (`close`); a re-adopting engine starts its own (`reattach`)
+  from the bundle `runsc state` names.
+* The sandbox's seccomp profile is applied by the sentry (`--oci-seccomp`) to the guest's
+  syscalls, in the form `seccomp.for_gvisor` gives it: runsc ignores `errnoRet` (every
+  denial is EPERM), so our clone3 → ENOSYS rule made thread creation fail; clone3 now
+  reaches the sentry, which answers ENOSYS itself.
+* runsc 20221219's statx refuses AT_NO_AUTOMOUNT with EINVAL, which coreutils 9 always
+  passes: `ls -l`, `ls DIR` and `stat` fail inside (Python's os.stat, `find` and globs work).
+  Its seccomp cannot answer ENOSYS (for glibc's fallback) either: a known gap of this runsc.
+* runsc has no `update`: a pooled gVisor sandbox cannot be shrunk for a smaller request,
+  which then starts cold.
+* runsc mounts a tmpfs of its own (no size cap) on /tmp unless the spec mounts something
+  there: we bind the writable layer's /tmp onto it, so `--disk` caps /tmp too.
 * `runsc run --detach` must not get a pipe for stdio (it keeps it open): our start sends both
   to the log file, as for the other OCI runtimes.
 * `runsc pause` stops the sentry's tasks (not the host freezer cgroup), and `runsc delete` of
@@ -37,6 +47,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -44,10 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from tartarus.errors import RuntimeUnavailableError
+from tartarus.models import Isolation, Resources
 from tartarus.runtimes import reaper
 from tartarus.runtimes.base import Capabilities, ContainerConfig, ContainerStatus
-from tartarus.runtimes.bundle import CAPABILITY_SETS, build_spec
+from tartarus.runtimes.bundle import CAPABILITY_SETS, HOST_UID_BASE, ID_RANGE, build_spec
 from tartarus.runtimes.oci_cli import OCIRuntime, _last_line
+from tartarus.runtimes.seccomp import for_gvisor
 
 AGENT_DIR = "/run/tartarus"  # a private tmpfs inside the sandbox
 AGENT_SOCKET = f"{AGENT_DIR}/agent.sock"
@@ -94,8 +107,14 @@ class GvisorRuntime(OCIRuntime):
     binary = "runsc"
     package = "runsc"
     capabilities = Capabilities(
-        pause=True, checkpoint=True, userns=False, exec_channel="agent via runsc exec"
+        isolation=Isolation.USER_KERNEL,
+        pause=True,
+        checkpoint=True,
+        userns=False,
+        exec_channel="agent via runsc exec",
     )
+
+    checkpoints_with_network = False  # "checkpoint not supported when using hostinet"
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -107,6 +126,7 @@ class GvisorRuntime(OCIRuntime):
             "--root",
             str(self.root),
             "--platform=ptrace",
+            "--oci-seccomp",
             "--network=none",
         ]
 
@@ -145,6 +165,12 @@ class GvisorRuntime(OCIRuntime):
             raise
         await self.delete(container_id)
 
+    async def resize(self, container_id: str, resources: Resources, bundle: Path) -> None:
+        # the process limit is the guest's RLIMIT_NPROC, out of the host's reach once started
+        raise RuntimeUnavailableError(
+            "gvisor cannot change a started sandbox's limits (runsc has no `update`)"
+        )
+
     async def _launch(
         self, config: ContainerConfig, bundle: Path, log: Path, image_dir: Path | None
     ) -> int:
@@ -164,6 +190,8 @@ class GvisorRuntime(OCIRuntime):
         try:
             pid_file = bundle / "init.pid"
             if image_dir is None:
+                if config.netns is not None:
+                    _unshift_upper(config.rootfs)
                 bundle.mkdir(parents=True, exist_ok=True)
                 (bundle / "config.json").write_text(json.dumps(gvisor_spec(config)))
                 argv = [*self.command_prefix(), "run", "--detach"]
@@ -172,6 +200,11 @@ class GvisorRuntime(OCIRuntime):
                 argv = [*self.command_prefix(), "restore", "--detach"]
                 argv += ["--image-path", str(image_dir)]
             argv += ["--bundle", str(bundle), "--pid-file", str(pid_file), config.id]
+            if config.netns is not None:  # Styx: hostinet inside our netns (no `ip netns
+                # exec`: it remounts /sys and runsc loses the cgroups)
+                self._netns_file(config.id).write_text(str(config.netns))
+                argv = ["nsenter", f"--net={config.netns}", *argv]
+                argv[argv.index("--network=none")] = "--network=host"
             # a file, never a pipe: runsc keeps it open; O_APPEND because a restore puts the
             # saved file offset back
             with open(log, "ab") as logf:
@@ -189,20 +222,48 @@ class GvisorRuntime(OCIRuntime):
                     f"{self.name} could not {what} the sandbox: {_last_line(err)}"
                 )
             pid = int(pid_file.read_text().strip())
+            if config.netns is not None:  # valid in every mount namespace, unlike the path
+                self._netns_file(config.id).write_text(f"/proc/{pid}/ns/net")
             if listener is not None:
-                await self._start_relay(config, listener)
+                await self._start_relay(config.id, config.uid, config.gid, config.args[0], listener)
                 listener = None
             return pid
         finally:
             if listener is not None:
                 listener.close()
 
-    async def _start_relay(self, config: ContainerConfig, listener: socket.socket) -> None:
-        cid = config.id
+    async def reattach(self, container_id: str, socket_path: Path) -> None:
+        """Relay again to the agent of a sandbox an earlier engine started (re-adoption):
+        the agent still listens inside the sentry; only the engine side ended with it. If
+        the sandbox is gone there is nothing to relay to, and the agent's ping says so."""
+        if container_id in self._relays:
+            return
+        rc, out, _ = await self._run("state", container_id, check=False)
+        if rc != 0:
+            return
+        bundle = Path(json.loads(out)["bundle"])
+        process = json.loads((bundle / "config.json").read_text())["process"]
+        user = process["user"]
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()  # the dead engine's
+            listener.bind(str(socket_path))
+            listener.listen(64)
+            await self._start_relay(
+                container_id, user["uid"], user["gid"], process["args"][0], listener
+            )
+        except BaseException:
+            listener.close()
+            raise
+
+    async def _start_relay(
+        self, cid: str, uid: int, gid: int, python: str, listener: socket.socket
+    ) -> None:
         process = {
             "terminal": False,
-            "user": {"uid": config.uid, "gid": config.gid},
-            "args": [config.args[0], "-I", "-S", "-c", RELAY, AGENT_SOCKET],
+            "user": {"uid": uid, "gid": gid},
+            "args": [python, "-I", "-S", "-c", RELAY, AGENT_SOCKET],
             "env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
             "cwd": "/",
             "capabilities": {k: [] for k in CAPABILITY_SETS},
@@ -211,7 +272,7 @@ class GvisorRuntime(OCIRuntime):
         work = Path(tempfile.mkdtemp(prefix=f"relay-{cid}-", dir=self.root))
         spec_path = work / "process.json"
         spec_path.write_text(json.dumps(process))
-        argv = [*self.command_prefix(), "exec", "--process", str(spec_path), cid]
+        argv = [*self._prefix_for(cid), "exec", "--process", str(spec_path), cid]
 
         active: set[asyncio.Task[Any]] = set()
 
@@ -221,6 +282,8 @@ class GvisorRuntime(OCIRuntime):
             active.add(task)
             try:
                 await relay_one(reader, writer)
+            except asyncio.CancelledError:  # the loop is ending: a connection task of the
+                pass  # server's own, whose cancellation 3.11 reports as an error in a callback
             finally:
                 active.discard(task)
 
@@ -254,14 +317,51 @@ class GvisorRuntime(OCIRuntime):
             finally:
                 pump.cancel()
                 writer.close()
+                # os.kill, not proc.kill(): that polls first, and a poll that reaps the exited
+                # relay steals it from asyncio's watcher ("Unknown child process" on stderr)
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    os.kill(proc.pid, signal.SIGKILL)
+                # runsc exec hands its stdio to the sentry, which keeps the pipes open while
+                # the guest relay lives (a main command's stream): wait() would wait for them.
+                # Only the pipes: closing the transport polls, which reaps, as kill() would.
+                transport: asyncio.SubprocessTransport = proc._transport  # type: ignore[attr-defined]
+                for fd in (0, 1):
+                    if (pipe := transport.get_pipe_transport(fd)) is not None:
+                        pipe.close()
                 await proc.wait()
 
         listener.setblocking(False)
         path = str(listener.getsockname())
         server = await asyncio.start_unix_server(handle, sock=listener)
         self._relays[cid] = _Relay(server, handle, path, active)
+
+    # runsc's control socket is an abstract one, which lives in a network namespace: for a
+    # sandbox started in ours (Styx), every runsc command must run in it too, or runsc
+    # cannot reach the sandbox and calls it stopped
+    def _netns_file(self, container_id: str) -> Path:
+        return self.root / f"{container_id}.netns"
+
+    def _prefix_for(self, container_id: str) -> list[str]:
+        try:
+            netns = self._netns_file(container_id).read_text().strip()
+        except OSError:
+            return self.command_prefix()
+        return ["nsenter", f"--net={netns}", *self.command_prefix()]
+
+    async def _run(
+        self, *args: str, prefix: list[str] | None = None, check: bool = True
+    ) -> tuple[int, str, str]:
+        if prefix is None:
+            for arg in args:
+                if arg.startswith("sb-") and self._netns_file(arg).exists():
+                    prefix = self._prefix_for(arg)
+        return await super()._run(*args, prefix=prefix, check=check)
+
+    async def close(self) -> None:
+        """Stop every relay: the engine is closing, and a sandbox it leaves running is out
+        of the next engine's reach (see the module docstring)."""
+        for container_id in list(self._relays):
+            await self._stop_relay(container_id)
 
     async def _stop_relay(self, container_id: str) -> None:
         relay = self._relays.pop(container_id, None)
@@ -281,6 +381,7 @@ class GvisorRuntime(OCIRuntime):
             _reap_runsc_zombies()
             await asyncio.wait({deleting}, timeout=0.05)
         await deleting
+        self._netns_file(container_id).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -302,7 +403,8 @@ class _Relay:
 def _reap_runsc_zombies() -> None:
     """Collect runsc's exited helper processes re-parented to us (see the module docstring).
 
-    Only zombies named `exe`: the processes we spawn and asyncio waits for are `runsc`."""
+    Only zombies named `exe`, and never one that asyncio waits for (reaper's spawned list):
+    a stolen exit leaves asyncio logging "Unknown child process" (exit 255)."""
     me = str(os.getpid())
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -312,19 +414,60 @@ def _reap_runsc_zombies() -> None:
         fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
         if fields.get("PPid") != me or fields.get("Name") != "exe":
             continue
+        if int(status.parent.name) in reaper._spawned:  # asyncio's to wait for
+            continue
         if fields.get("State", "").startswith("Z"):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(status.parent.name), os.WNOHANG)
+
+
+def _unshift_upper(rootfs: Path) -> None:
+    """Without a user namespace (a sandbox with a netns: see `gvisor_spec`), the gofer uses
+    host ids as they are: give what the engine pre-created in the writable layer (home,
+    workdir, /tmp, owned by the user-namespace ids 100000+) the plain ids the guest runs as.
+    Only the overlay's upper dir is walked, which holds just those at the start."""
+    upper: str | None = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(rootfs) and "upperdir=" in line:
+                upper = line.split("upperdir=", 1)[1].split(",")[0].split()[0]
+    if upper is None:
+        return
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in [".", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if HOST_UID_BASE <= st.st_uid < HOST_UID_BASE + ID_RANGE:
+                os.lchown(path, st.st_uid - HOST_UID_BASE, st.st_gid - HOST_UID_BASE)
 
 
 def gvisor_spec(config: ContainerConfig) -> dict[str, Any]:
     """Our usual bundle, minus what gVisor cannot take (see the module docstring)."""
     spec = build_spec(config)
     linux = spec["linux"]
+    if config.netns is not None:  # runsc is started inside it (`_launch`)
+        # hostinet cannot run in a user namespace that does not own the netns (runsc's
+        # chroot fails with EPERM): the sentry stays in ours, as it does under Docker
+        drop = ("network", "user")
+        linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] not in drop]
+        linux.pop("uidMappings", None)
+        linux.pop("gidMappings", None)
+        for mount in spec["mounts"]:  # the sentry's own sysfs, as without a netns
+            if mount["destination"] == "/sys":
+                mount.update(
+                    type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"]
+                )
     pids = linux["resources"].pop("pids", {}).get("limit") or config.resources.pids
     rlimits = [r for r in spec["process"]["rlimits"] if r["type"] != "RLIMIT_NPROC"]
     rlimits.append({"type": "RLIMIT_NPROC", "hard": pids, "soft": pids})
     spec["process"]["rlimits"] = rlimits
+    linux["seccomp"] = for_gvisor(linux["seccomp"])
+    # Without a /tmp mount runsc puts its own unbounded tmpfs there: /tmp must stay the
+    # writable layer's, under the --disk cap like every other path.
+    if (Path(config.rootfs) / "tmp").is_dir():
+        tmp = {"destination": "/tmp", "type": "bind", "source": f"{config.rootfs}/tmp"}
+        spec["mounts"].append({**tmp, "options": ["rbind", "rw", "nosuid", "nodev"]})
     spec["mounts"].append(
         {
             "destination": AGENT_DIR,

@@ -41,13 +41,23 @@ async def reap(pid: int, timeout: float = 2.0) -> bool:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return not _exists(pid)  # not ours to reap (adopted after a restart)
+            # Not ours to reap (adopted after a restart, or started by another CLI process
+            # whose init went to the host's PID 1): dead once gone or a zombie of someone else.
+            done = not _exists(pid) or _is_zombie(pid)
         if done:
             return True
         if loop.time() > deadline:
             return False
         reap_sandbox_zombies()
         await asyncio.sleep(0.005)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _exists(pid: int) -> bool:

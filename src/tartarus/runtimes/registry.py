@@ -18,18 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tartarus.errors import InvalidRequestError, RuntimeUnavailableError
+from tartarus.models import Isolation
 from tartarus.runtimes.base import Capabilities, ProbeResult, Runtime
 from tartarus.runtimes.crun import CrunRuntime
 from tartarus.runtimes.gvisor import GvisorRuntime
+from tartarus.runtimes.microvm import MicroVMRuntime
 from tartarus.runtimes.runc import RuncRuntime
 
 RUNTIME_CLASSES: dict[str, type[Runtime]] = {
     "crun": CrunRuntime,
     "runc": RuncRuntime,
     "gvisor": GvisorRuntime,
+    "microvm": MicroVMRuntime,
 }
-# gvisor is opt-in (`--runtime gvisor`): stronger isolation, about 0.3 s to start
-PREFERENCE = ("crun", "runc")
+# gvisor is opt-in (`--runtime gvisor`): stronger isolation, about 0.3 s to start; microvm
+# (seconds to boot under TCG) comes last, so it is never the default where a container works
+PREFERENCE = ("crun", "runc", "microvm")
+# `--runtime auto` with a required isolation: the fastest first, skipping weaker ones
+BY_SPEED = ("crun", "runc", "gvisor")
+AUTO = "auto"
 PROBE_FORMAT = 3  # bump when a probe learns to check more: older cached results are stale
 
 
@@ -76,6 +83,8 @@ class RuntimeRegistry:
         runtime = self.get(name)
         binaries = getattr(runtime, "probe_binaries", lambda: [getattr(runtime, "binary", name)])
         key = _binary_key(*binaries())
+        if key is not None and (extra := getattr(runtime, "probe_extra_key", None)) is not None:
+            key += ":" + extra()  # files beside the binaries (microvm: kernel, initramfs)
         async with self._probing[name]:
             cache = self._load_cache()
             entry = cache.get(name)
@@ -108,9 +117,26 @@ class RuntimeRegistry:
             for name, result in probes.items()
         ]
 
-    async def select(self, requested: str | None) -> Runtime:
+    async def select(
+        self,
+        requested: str | None,
+        isolation: Isolation | None = None,
+        *,
+        default: str | None = None,
+    ) -> Runtime:
+        """The runtime a sandbox gets. `requested` (None or "auto": choose) must give at
+        least `isolation`, else InvalidRequestError; `default` (a snapshot's runtime, the
+        configured one) is taken if it is strong enough, else the choice is the fastest
+        working runtime at or above `isolation` (`BY_SPEED`)."""
+        if requested == AUTO:
+            requested = None
         if requested:
             runtime = self.get(requested)
+            if isolation is not None and runtime.capabilities.isolation.rank < isolation.rank:
+                raise InvalidRequestError(
+                    f"runtime {requested!r} gives {runtime.capabilities.isolation.value}"
+                    f" isolation, weaker than the required {isolation.value}"
+                )
             result = await self.probe(requested)
             if not result.works:
                 raise RuntimeUnavailableError(
@@ -118,13 +144,36 @@ class RuntimeRegistry:
                     + (f" ({result.hint})" if result.hint else "")
                 )
             return runtime
+        if default and default != AUTO:
+            level = self.get(default).capabilities.isolation
+            if isolation is None or level.rank >= isolation.rank:
+                return await self.select(default)
+        # without a required isolation gVisor stays opt-in (~0.3 s to start)
+        order = PREFERENCE if isolation is None else BY_SPEED
         reasons = []
-        for name in PREFERENCE:
+        for name in order:
+            level = self.runtimes[name].capabilities.isolation
+            if isolation is not None and level.rank < isolation.rank:
+                continue
             result = await self.probe(name)
             if result.works:
                 return self.runtimes[name]
             reasons.append(f"{name}: {result.reason}")
+        if isolation is not None:
+            raise RuntimeUnavailableError(
+                f"no runtime with {isolation.value} isolation or stronger works on this host"
+                + (" (" + "; ".join(reasons) + ")" if reasons else "")
+            )
         raise RuntimeUnavailableError("no runtime works on this host (" + "; ".join(reasons) + ")")
+
+    async def strongest(self) -> Isolation:
+        """The strongest isolation a working runtime gives here (quarantine goes there)."""
+        best = Isolation.CONTAINER
+        for name in BY_SPEED:
+            level = self.runtimes[name].capabilities.isolation
+            if level.rank > best.rank and (await self.probe(name)).works:
+                best = level
+        return best
 
     def _load_cache(self) -> dict[str, dict[str, object]]:
         try:

@@ -58,6 +58,11 @@ class RuncRuntime(OCIRuntime):
             return f"`criu check` fails on this host: {_last_line(err or out)}"
         return None
 
+    # CRIU runs in the container's user namespace, which does not own a netns of ours (it is
+    # the host's): "Can't setns 11/net: Operation not permitted". A netns owned by that user
+    # namespace dumps, but the restore makes a new user namespace and fails the same way.
+    checkpoints_with_network = False
+
     async def checkpoint(self, container_id: str, image_dir: Path) -> None:
         image_dir.mkdir(parents=True, exist_ok=True)
         work = image_dir / "criu-dump"

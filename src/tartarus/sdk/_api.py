@@ -68,6 +68,9 @@ def create_sandbox(
     command: str | Sequence[str] | None = None,
     workdir: str | None = None,
     snapshot: str | None = None,
+    seccomp: str | None = None,
+    network: str | None = None,
+    egress: Sequence[str] | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {
         "command": argv(command) if command else [],
@@ -85,6 +88,12 @@ def create_sandbox(
         body["template"] = template or "python"
     if snapshot is not None:
         body["snapshot"] = snapshot
+    if seccomp is not None:
+        body["seccomp"] = seccomp
+    if network is not None:
+        body["network"] = network
+    if egress:
+        body["egress"] = list(egress)
     return Call(Request("POST", "/v1/sandboxes", json=body, timeout=CREATE_TIMEOUT), _info)
 
 
@@ -94,6 +103,11 @@ def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
 
 def kill_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
     return Call(Request("DELETE", _sandbox(sandbox_id)), _info)
+
+
+def set_network(sandbox_id: str, mode: str, egress: Sequence[str] = ()) -> Call[SandboxInfo]:
+    body = {"mode": mode, "egress": list(egress)}
+    return Call(Request("PUT", _sandbox(sandbox_id, "/network"), json=body), _info)
 
 
 def set_timeout(sandbox_id: str, seconds: float) -> Call[SandboxInfo]:
@@ -350,11 +364,17 @@ def resume_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
     return Call(Request("POST", _sandbox(sandbox_id, "/resume")), _info)
 
 
-def terminate_sandbox(sandbox_id: str, grace: float | None = None) -> Call[SandboxInfo]:
+def terminate_sandbox(
+    sandbox_id: str, grace: float | None = None, checkpoint: bool = False
+) -> Call[SandboxInfo]:
     # the server answers once the sandbox has ended: up to the grace period (its default,
     # the template's or the server's, is unknown here), then the kill
-    timeout = NO_READ_LIMIT if grace is None else httpx2.Timeout(10.0, read=grace + 60)
-    body = {"grace": grace} if grace is not None else {}
+    timeout = (
+        NO_READ_LIMIT if grace is None or checkpoint else httpx2.Timeout(10.0, read=grace + 60)
+    )
+    body: dict[str, object] = {"grace": grace} if grace is not None else {}
+    if checkpoint:
+        body["checkpoint"] = True
     request = Request("POST", _sandbox(sandbox_id, "/terminate"), json=body, timeout=timeout)
     return Call(request, _info)
 
@@ -385,8 +405,12 @@ def _snapshot(response: httpx2.Response) -> SnapshotInfo:
     return SnapshotInfo.model_validate(response.json())
 
 
-def snapshot_sandbox(sandbox_id: str, name: str | None = None) -> Call[SnapshotInfo]:
-    body = {"name": name} if name is not None else {}
+def snapshot_sandbox(
+    sandbox_id: str, name: str | None = None, memory: bool = False
+) -> Call[SnapshotInfo]:
+    body: dict[str, object] = {"name": name} if name is not None else {}
+    if memory:
+        body["memory"] = True
     request = Request(
         "POST", _sandbox(sandbox_id, "/snapshot"), json=body, timeout=SNAPSHOT_TIMEOUT
     )

@@ -61,6 +61,9 @@ class AsyncSandbox:
         *,
         workdir: str | None = None,
         snapshot: str | None = None,
+        seccomp: str | None = None,
+        network: str | None = None,
+        egress: Sequence[str] | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> AsyncSandbox:
         call = _api.create_sandbox(
@@ -76,6 +79,9 @@ class AsyncSandbox:
             command=command,
             workdir=workdir,
             snapshot=snapshot,
+            seccomp=seccomp,
+            network=network,
+            egress=egress,
         )
         return await cls._open(call, url, api_key, transport)
 
@@ -134,14 +140,19 @@ class AsyncSandbox:
         self._info = await self._client.call(_api.kill_sandbox(self.id))
         return self._info
 
+    async def set_network(self, mode: str, egress: Sequence[str] = ()) -> SandboxInfo:
+        """Change its network mode (allowlist <-> open) and egress rules while it runs."""
+        self._info = await self._client.call(_api.set_network(self.id, mode, egress))
+        return self._info
+
     async def set_timeout(self, seconds: float) -> SandboxInfo:
         self._info = await self._client.call(_api.set_timeout(self.id, seconds))
         return self._info
 
-    async def snapshot(self, name: str | None = None) -> SnapshotInfo:
-        """Save this sandbox's files (not its processes) as a snapshot; `create(snapshot=)`
-        starts new sandboxes from it (by id, or by `name`)."""
-        return await self._client.call(_api.snapshot_sandbox(self.id, name))
+    async def snapshot(self, name: str | None = None, memory: bool = False) -> SnapshotInfo:
+        """Save this sandbox's files (with `memory`, its processes too) as a snapshot;
+        `create(snapshot=)` starts new sandboxes from it (by id, or by `name`)."""
+        return await self._client.call(_api.snapshot_sandbox(self.id, name, memory))
 
     @classmethod
     async def list_snapshots(
@@ -184,8 +195,8 @@ class AsyncSandbox:
         self._info = await self._client.call(_api.wake_sandbox(self.id))
         return self._info
 
-    async def terminate(self, grace: float | None = None) -> SandboxInfo:
-        self._info = await self._client.call(_api.terminate_sandbox(self.id, grace))
+    async def terminate(self, grace: float | None = None, checkpoint: bool = False) -> SandboxInfo:
+        self._info = await self._client.call(_api.terminate_sandbox(self.id, grace, checkpoint))
         return self._info
 
     async def logs(self, follow: bool = False, after: int | None = None) -> AsyncIterator[LogEvent]:

@@ -4,7 +4,7 @@ so an older SDK keeps working against a newer server."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,12 +36,15 @@ class SandboxResources(_Model):
 
 
 class SandboxEvent(_Model):
-    """One state change: `from_` is None for the first (creation) event."""
+    """One event: a state change (`from_` is None for the first) or, with another `kind`,
+    an admission decision, an enforcement action or a network change, with its `data`."""
 
     ts: datetime
+    kind: str = "state"
     from_: str | None = Field(None, alias="from")
-    to: str
+    to: str | None = None
     reason: str | None = None
+    data: dict[str, Any] | None = None
 
 
 class SandboxInfo(_Model):
@@ -65,6 +68,8 @@ class SandboxInfo(_Model):
     hibernated_at: datetime | None = None
     checkpoint_bytes: int | None = None  # on disk while hibernated
     snapshot: str | None = None  # the snapshot it was started from
+    network: str = "none"  # none | allowlist | open
+    egress: list[str] = Field(default_factory=list)  # allowlist rules
     events: list[SandboxEvent] | None = None  # only from a single-sandbox GET
 
 
@@ -144,7 +149,7 @@ class Pool(_Model):
 
 
 class SnapshotInfo(_Model):
-    """A sandbox's saved files (never its processes or memory): `Sandbox.create(snapshot=)`
+    """A sandbox's saved files and, with `memory`, its processes: `Sandbox.create(snapshot=)`
     starts new sandboxes from it."""
 
     id: str

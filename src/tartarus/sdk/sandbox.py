@@ -60,11 +60,16 @@ class Sandbox:
         *,
         workdir: str | None = None,
         snapshot: str | None = None,
+        seccomp: str | None = None,
+        network: str | None = None,
+        egress: Sequence[str] | None = None,
         transport: httpx2.BaseTransport | None = None,
     ) -> Sandbox:
         """Start a sandbox (running when this returns); resources default to the template's.
         `template` defaults to "python", or with `snapshot` (id or name) to the snapshot's,
-        whose files the new sandbox starts with."""
+        whose files the new sandbox starts with. `seccomp` names a profile (`strict`, a
+        generated one); the default deny-list profile otherwise. `network` is "none" (the
+        default), "allowlist" (only `egress`: CIDRs and domain names) or "open"."""
         call = _api.create_sandbox(
             template=template,
             timeout=timeout,
@@ -78,6 +83,9 @@ class Sandbox:
             command=command,
             workdir=workdir,
             snapshot=snapshot,
+            seccomp=seccomp,
+            network=network,
+            egress=egress,
         )
         return cls._open(call, url, api_key, transport)
 
@@ -142,15 +150,21 @@ class Sandbox:
         self._info = self._client.call(_api.kill_sandbox(self.id))
         return self._info
 
+    def set_network(self, mode: str, egress: Sequence[str] = ()) -> SandboxInfo:
+        """Change its network mode (allowlist <-> open) and egress rules while it runs:
+        new connections follow them at once."""
+        self._info = self._client.call(_api.set_network(self.id, mode, egress))
+        return self._info
+
     def set_timeout(self, seconds: float) -> SandboxInfo:
         """Let it live `seconds` from now."""
         self._info = self._client.call(_api.set_timeout(self.id, seconds))
         return self._info
 
-    def snapshot(self, name: str | None = None) -> SnapshotInfo:
-        """Save this sandbox's files (not its processes) as a snapshot; `create(snapshot=)`
-        starts new sandboxes from it (by id, or by `name`)."""
-        return self._client.call(_api.snapshot_sandbox(self.id, name))
+    def snapshot(self, name: str | None = None, memory: bool = False) -> SnapshotInfo:
+        """Save this sandbox's files (with `memory`, its processes too) as a snapshot;
+        `create(snapshot=)` starts new sandboxes from it (by id, or by `name`)."""
+        return self._client.call(_api.snapshot_sandbox(self.id, name, memory))
 
     @classmethod
     def list_snapshots(
@@ -199,10 +213,11 @@ class Sandbox:
         self._info = self._client.call(_api.wake_sandbox(self.id))
         return self._info
 
-    def terminate(self, grace: float | None = None) -> SandboxInfo:
+    def terminate(self, grace: float | None = None, checkpoint: bool = False) -> SandboxInfo:
         """SIGTERM every process, wait up to `grace` seconds (default: the template's, else
-        the server's), then kill; returns the final record, whose `reason` says which."""
-        self._info = self._client.call(_api.terminate_sandbox(self.id, grace))
+        the server's), then kill; returns the final record, whose `reason` says which. With
+        `checkpoint`, a snapshot is taken first and the reason names it."""
+        self._info = self._client.call(_api.terminate_sandbox(self.id, grace, checkpoint))
         return self._info
 
     def logs(self, follow: bool = False, after: int | None = None) -> Iterator[LogEvent]:

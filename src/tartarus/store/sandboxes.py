@@ -198,7 +198,16 @@ class SandboxRepository:
                 .where(events.c.sandbox_id == sandbox_id)
                 .order_by(events.c.seq)
             ).all()
-        return [{"ts": r.ts, **r.data} for r in rows if r.kind == "state"]
+        return [_shown(r.kind, r.ts, r.data) for r in rows]
+
+
+def _shown(kind: str, ts: datetime, data: dict[str, Any]) -> dict[str, Any]:
+    """A state change as {from, to, reason}; any other event (admission, enforcement,
+    network) as its kind, a one-line reason and its data."""
+    if kind == "state":
+        return {"ts": ts, "kind": kind, **data}
+    reason = data.get("reason") or data.get("outcome")
+    return {"ts": ts, "kind": kind, "reason": reason, "data": data}
 
 
 def _event(conn: sa.Connection, sandbox_id: str | None, kind: str, data: dict[str, Any]) -> None:

@@ -42,6 +42,36 @@ events = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
 )
 
+# Hermes' audit chain: every row's hash covers the previous row's hash and its own content,
+# so editing or deleting a row in the middle breaks every hash after it (store/audit.py).
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(48), nullable=False, index=True),  # e.g. admission.reject
+    sa.Column("actor", sa.String(128), nullable=True),  # key id, "engine", "erinyes"
+    sa.Column("tenant", sa.String(64), nullable=True, index=True),
+    sa.Column("sandbox_id", sa.String(64), nullable=True, index=True),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Themis: every applied version of every policy (models.Policy as JSON); the newest version
+# of a name is the one in force, older ones are history. Delete removes all of a name's rows
+# (the audit log keeps what was deleted).
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("template", sa.String(64), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 tenants = sa.Table(
     "tenants",
     metadata,

@@ -22,7 +22,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class Snapshot(BaseModel):
-    """A saved writable layer. Filesystem only: processes and memory are not in it."""
+    """A saved writable layer and, for a memory snapshot, a checkpoint of its processes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,7 +36,7 @@ class Snapshot(BaseModel):
     source: str  # the sandbox it was taken from
     parent: str | None = None  # the snapshot the source was started from (lies below)
     size_bytes: int
-    memory: bool = False  # always False for now: no process state is saved
+    memory: bool = False  # a checkpoint image is saved beside the layer (node/snapshots.py)
     created_at: datetime
 
 

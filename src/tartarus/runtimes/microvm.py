@@ -1,0 +1,358 @@
+"""microvm: each sandbox is a QEMU `microvm` guest with its own kernel (issue 7, first slice).
+
+The isolation boundary is a virtual machine. On a host whose /dev/kvm really runs a stock
+guest kernel that is hardware virtualisation; here /dev/kvm is PVM (stock kernels crawl in its
+instruction emulator and die), so guests run under TCG, QEMU's software CPU: slow (boot in
+seconds, Python ~10x slower) but the same isolation model. The probe decides: KVM only if a
+probe guest really reaches userspace under it within a deadline, else TCG with the reason.
+
+How a sandbox maps onto a VM (see microvm_image for the disks, microvm_channel and
+guest/serial.py for the agent channel):
+
+* the template rootfs is a read-only ext4 image, the writable layer a per-VM ext4 of
+  `disk_mb` stacked by an overlayfs in the guest; the guest agent's files are a third disk;
+* the guest agent is unchanged: PID 1 (guest/serial.py) starts it as the sandbox user and
+  relays the engine's connections to it over one virtio-serial port;
+* vCPUs and guest memory come from the resources; QEMU itself runs in the sandbox's memory
+  and cpu cgroups (guest memory plus QEMU's own overhead) as an unprivileged uid outside
+  the containers' id range, and the VM has no NIC (network `none` only, for now);
+* QEMU daemonizes, so, like a container's init, it is re-parented to the engine (a child
+  subreaper) and reaped by it; the adapter keeps its pid, QMP and agent sockets and the
+  writable disk in its state dir, and `delete` removes all of them.
+
+Sandboxes start as copy-on-write clones of a per-plan template snapshot (microvm_template);
+`TARTARUS_MICROVM_CLONES=0` boots each cold. Not yet (issue 7): pause/resume, hibernation,
+networks other than `none`, sandboxes from snapshots, exec without the guest agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from tartarus.errors import CapabilityError, InvalidRequestError, RuntimeUnavailableError
+from tartarus.models import Isolation
+from tartarus.runtimes import cgroups, microvm_image, microvm_qemu, microvm_template, reaper, spawn
+from tartarus.runtimes.base import (
+    Capabilities,
+    ContainerConfig,
+    ContainerStatus,
+    ProbeResult,
+    Runtime,
+)
+from tartarus.runtimes.bundle import CGROUP_PARENT
+from tartarus.runtimes.microvm_channel import Channel
+from tartarus.runtimes.microvm_qemu import QEMU, alive, read_pid
+
+AGENT_SOCKET = "/run/tartarus/agent.sock"  # inside the guest (a tmpfs of PID 1's)
+MIN_MEMORY_MB = 128  # the kernel, busybox init and a Python agent
+MIN_DISK_MB = 16
+KVM_PROBE_S = 6.0  # a real KVM guest reaches userspace in well under a second
+TCG_PROBE_S = 60.0
+PYTHON_PATH = re.compile(r"^/[A-Za-z0-9._+/-]+$")
+
+
+def boot_timeout() -> float:
+    """How long a cold boot may take to a ready agent (TCG on a loaded host: tens of s)."""
+    return float(os.environ.get("TARTARUS_MICROVM_BOOT_TIMEOUT") or 180.0)
+
+
+class MicroVMRuntime(Runtime):
+    name = "microvm"
+    binary = QEMU
+    package = "qemu-system-x86"
+    files_on_host = False  # its writable layer is the VM's own disk (snapshots refuse)
+    capabilities = Capabilities(
+        isolation=Isolation.VM,
+        pause=False,
+        checkpoint=False,
+        userns=False,
+        exec_channel="agent over virtio-serial",
+        network_modes=("none",),  # no NIC yet: Styx's allowlist/open need one
+    )
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._channels: dict[str, Channel] = {}
+        self.templates = microvm_template.Templates(root)
+
+    # -- probing -------------------------------------------------------------------------------
+
+    def probe_binaries(self) -> list[str]:
+        return [QEMU, "mkfs.ext4"]
+
+    def probe_extra_key(self) -> str:
+        return microvm_image.key()
+
+    def _accel_file(self) -> Path:
+        return self.root / "accelerator.json"
+
+    def accelerator(self) -> str:
+        """`kvm` if the last probe booted a guest under it, else `tcg`."""
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self._accel_file().read_text()).get("accelerator") == "kvm":
+                return "kvm"
+        return "tcg"
+
+    async def probe(self) -> ProbeResult:
+        hint = f"apt-get install {self.package} (or run scripts/setup.sh)"
+        if shutil.which(QEMU) is None:
+            return ProbeResult(False, reason=f"{QEMU} not found", hint=hint)
+        try:
+            microvm_image.kernel()
+            initrd = microvm_image.initramfs(self.root / "cache")
+        except RuntimeUnavailableError as exc:
+            return ProbeResult(False, reason=str(exc), hint="run scripts/setup.sh")
+        rc, out, _ = await spawn.run([QEMU, "--version"])
+        words = out.decode(errors="replace").split() if rc == 0 else []
+        # "QEMU emulator version 7.2.22 (Debian ...)": doctor shows the last word
+        version = f"QEMU {words[3]}" if len(words) > 3 else ""
+        kvm_why, tcg_why = await asyncio.gather(
+            self._probe_accel("kvm", initrd), self._probe_accel("tcg", initrd)
+        )
+        accel = "kvm" if kvm_why is None else "tcg" if tcg_why is None else None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._accel_file().write_text(json.dumps({"accelerator": accel or "tcg"}))
+        detail = f"accelerator: {accel}" if accel else ""
+        if accel == "tcg":
+            detail += f" (not KVM: {kvm_why})"
+        if accel is None:
+            return ProbeResult(
+                False, version, reason=f"no guest booted: {tcg_why}", hint=hint, detail=detail
+            )
+        return ProbeResult(True, version, detail=detail)
+
+    async def _probe_accel(self, accel: str, initrd: Path) -> str | None:
+        """Boot the initramfs alone under `accel`; None if it reached userspace in time,
+        else why not."""
+        if accel == "kvm":
+            if not os.path.exists("/dev/kvm"):
+                return "no /dev/kvm"
+            if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+                return "/dev/kvm is not accessible"
+        deadline = KVM_PROBE_S if accel == "kvm" else TCG_PROBE_S
+        argv = [*microvm_qemu.machine(accel, 128, 1), "-serial", "stdio"]
+        argv += microvm_qemu.boot_args(initrd, "probe", "")
+        proc = await reaper.spawn(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        output = b""
+        try:
+            async with asyncio.timeout(deadline):
+                while chunk := await proc.stdout.read(4096):
+                    output += chunk
+                    if microvm_image.PROBE_MARK.encode() in output:
+                        return None
+        except TimeoutError:
+            why = f"a probe guest did not reach userspace under {accel.upper()} in {deadline:g} s"
+            if accel == "kvm" and Path("/sys/module/kvm_pvm").exists():
+                why += " (/dev/kvm is PVM: stock guest kernels run in its instruction emulator)"
+            return why
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return f"the probe guest under {accel.upper()} ended early: {last[0]}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _dir(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
+        python, args = self._agent_args(config)
+        resources = config.resources
+        if resources.memory_mb < MIN_MEMORY_MB:
+            raise InvalidRequestError(
+                f"microvm needs at least {MIN_MEMORY_MB} MiB of memory, not"
+                f" {resources.memory_mb} (its kernel and init live in it)"
+            )
+        if resources.disk_mb < MIN_DISK_MB:
+            raise InvalidRequestError(
+                f"microvm needs a disk of at least {MIN_DISK_MB} MiB, not {resources.disk_mb}"
+            )
+        if config.netns is not None:
+            raise CapabilityError(self.name, "networks other than none")
+        if any(not b.readonly for b in config.binds):
+            raise CapabilityError(self.name, "writable bind mounts")
+        lowers, upper = microvm_image.overlay_dirs(config.rootfs)
+        if len(lowers) != 1:
+            raise CapabilityError(self.name, "sandboxes started from a snapshot")
+        directory = self._dir(config.id)
+        directory.mkdir(parents=True)
+        listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
+        try:
+            cache = self.root / "cache"
+            drives = [("base", await microvm_image.base_image(cache, lowers[0]))]
+            binds: list[tuple[str, str]] = []
+            for i, bind in enumerate(config.binds):
+                drives.append((f"b{i}", await microvm_image.bind_image(cache, bind.source)))
+                binds.append((f"b{i}", bind.destination))
+            plan = microvm_qemu.Plan(
+                self.accelerator(),
+                resources.memory_mb,
+                microvm_qemu.vcpus(resources),
+                microvm_image.initramfs(cache),
+                python,
+                tuple(drives),
+            )
+            boot: dict[str, Any] = {
+                "args": args,
+                "env": config.env,
+                "uid": config.uid,
+                "gid": config.gid,
+                "cwd": config.cwd,
+                "hostname": config.hostname,
+                "pids": resources.pids,
+                "agent_socket": AGENT_SOCKET,
+            }
+            if microvm_template.enabled():
+                pid = await self._clone(config, plan, boot, upper, binds, directory, log)
+            else:
+                pid = await self._boot(config, plan, boot, upper, binds, directory, log)
+            bundle.mkdir(parents=True, exist_ok=True)
+            (bundle / "init.pid").write_text(str(pid))
+            await self._channels[config.id].serve(listener)
+        except BaseException:
+            listener.close()
+            await self.delete(config.id)
+            raise
+        return pid
+
+    async def _boot(
+        self,
+        config: ContainerConfig,
+        plan: microvm_qemu.Plan,
+        boot: dict[str, Any],
+        upper: Path | None,
+        binds: list[tuple[str, str]],
+        directory: Path,
+        log: Path,
+    ) -> int:
+        """A cold boot of the sandbox's own VM."""
+        rw = directory / "rw.ext4"
+        await microvm_image.writable_layer(rw, upper, config.resources.disk_mb, boot, binds)
+        pid = await microvm_qemu.launch(config.id, plan, directory, log, rw, config.resources)
+        channel = self._channels[config.id] = Channel()
+        await channel.connect(directory / "agent.sock")
+        await microvm_qemu.wait_ready(channel, pid, log, boot_timeout())
+        return pid
+
+    async def _clone(
+        self,
+        config: ContainerConfig,
+        plan: microvm_qemu.Plan,
+        boot: dict[str, Any],
+        upper: Path | None,
+        binds: list[tuple[str, str]],
+        directory: Path,
+        log: Path,
+    ) -> int:
+        """A clone of the plan's template (booted first if there is none): the template's
+        agent runs without a deadline, the clone's comes with its HELLO."""
+        args = list(boot["args"])
+        deadline: float | None = None
+        if "--deadline" in args:
+            i = args.index("--deadline")
+            deadline = float(args[i + 1])
+            del args[i : i + 2]
+        template = await self.templates.ensure(
+            config.id, plan, {**boot, "args": args}, upper, binds, config.resources, boot_timeout()
+        )
+        settings: dict[str, Any] = {"deadline": deadline}
+        if config.env != template.env:
+            settings["env"] = config.env
+        pid, channel = await microvm_template.clone(
+            config.id, plan, template, directory, log, config.resources, settings
+        )
+        self._channels[config.id] = channel
+        return pid
+
+    def _agent_args(self, config: ContainerConfig) -> tuple[str, list[str]]:
+        """The guest agent's command line, listening inside the guest instead of on fd 3."""
+        if len(config.pass_fds) != 1 or "--fd" not in config.args:
+            raise CapabilityError(
+                self.name, "images without python3", "the guest agent is its only exec channel"
+            )
+        python = config.args[0]
+        if not PYTHON_PATH.match(python):
+            raise CapabilityError(self.name, f"a python3 at {python!r}")
+        args = list(config.args)
+        i = args.index("--fd")
+        args[i : i + 2] = ["--listen", AGENT_SOCKET]
+        return python, args
+
+    async def status(self, container_id: str) -> ContainerStatus | None:
+        directory = self._dir(container_id)
+        if not directory.is_dir():
+            return None
+        pid = read_pid(directory)
+        return ContainerStatus.RUNNING if pid and alive(pid) else ContainerStatus.STOPPED
+
+    async def kill(self, container_id: str, signal: int = 9) -> None:
+        pid = read_pid(self._dir(container_id))
+        if pid and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal)
+
+    async def delete(self, container_id: str) -> None:
+        channel = self._channels.pop(container_id, None)
+        if channel is not None:
+            await channel.close()
+        directory = self._dir(container_id)
+        pid = read_pid(directory)
+        if pid and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if pid:
+            await reaper.reap(pid, timeout=5.0)
+        await cgroups.drain(CGROUP_PARENT, container_id)
+        cgroups.remove(CGROUP_PARENT, container_id)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    async def list_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name not in ("cache", "templates")
+        )
+
+    async def reattach(self, container_id: str, socket_path: Path) -> None:
+        """Relay again to the guest of a VM an earlier engine started (re-adoption): a new
+        HELLO drops the dead engine's connections inside."""
+        directory = self._dir(container_id)
+        if container_id in self._channels or not (directory / "agent.sock").exists():
+            return
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            listener.bind(str(socket_path))
+            listener.listen(64)
+            channel = self._channels[container_id] = Channel()
+            await channel.connect(directory / "agent.sock")
+            await asyncio.wait_for(channel.wait_ready(), timeout=10.0)
+            await channel.serve(listener)
+        except BaseException:
+            listener.close()
+            raise
+
+    async def close(self) -> None:
+        """The engine is closing: stop relaying (a VM left running is re-adopted later)."""
+        for container_id in list(self._channels):
+            await self._channels.pop(container_id).close()

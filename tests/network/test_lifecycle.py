@@ -1,0 +1,95 @@
+"""A sandbox's network across its life: re-adopted by the next engine (its resolver served
+again), never hibernated (no runtime here can checkpoint it: a clear 409), and gone with it
+when a start fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tartarus.config import Settings
+from tartarus.errors import ConflictError, RuntimeUnavailableError
+from tartarus.models import NetworkMode, SandboxSpec, SandboxState
+from tartarus.node import network
+from tartarus.node.engine import Engine
+from tartarus.runtimes.base import ContainerConfig
+from tests.engine.test_hibernate import CHECKPOINTING, _checkpointing
+from tests.network.conftest import CIDR_HOST, DENIED, WORLD_DNS, World, leftovers, probe
+
+PROBES: dict[str, tuple[str, list[object]]] = {
+    "name": ("tcp", ["allowed.test", 8080]),
+    "cidr": ("tcp", [CIDR_HOST, 8080]),
+    "denied": ("tcp", [DENIED, 8080]),
+}
+RULES = ("allowed.test", "100.66.2.0/24")
+
+
+def _spec(runtime: str) -> SandboxSpec:
+    return SandboxSpec(runtime=runtime, timeout=120, network=NetworkMode.ALLOWLIST, egress=RULES)
+
+
+async def _check(engine: Engine, sid: str) -> None:
+    got = await probe(engine, sid, PROBES)
+    assert got["name"] == got["cidr"] == "ok:internet", got
+    assert got["denied"].startswith("fail:"), got
+
+
+@pytest.fixture(params=CHECKPOINTING)
+def rt(request: pytest.FixtureRequest) -> str:
+    return _checkpointing(request.param)
+
+
+async def test_hibernation_is_refused(net_engine: Engine, rt: str, world: World) -> None:
+    sid = (await net_engine.create(_spec(rt))).id
+    with pytest.raises(ConflictError, match=f"{rt} cannot checkpoint a sandbox with network"):
+        await net_engine.hibernate(sid)
+    assert net_engine.get(sid).state == SandboxState.RUNNING
+    await _check(net_engine, sid)  # untouched
+    await net_engine.kill(sid)
+
+
+@pytest.mark.parametrize("runtime_name", ["crun", "runc"])
+async def test_readopted_sandbox_keeps_its_network(world: World, runtime_name: str) -> None:
+    settings = Settings(dns_upstream=f"{WORLD_DNS}:53")
+    first = Engine(settings)
+    await first.open()
+    try:
+        sid = (await first.create(_spec(runtime_name))).id
+        await _check(first, sid)
+    finally:
+        await first.close(kill=False)  # its resolver goes with it
+    second = Engine(settings, adopt=True)
+    await second.open()
+    try:
+        assert sid in second.running_ids()
+        await _check(second, sid)  # a new resolver answers on the same address
+        att = network.load(second.settings.sandboxes_dir / sid)
+        assert att is not None
+        await second.kill(sid)
+        assert leftovers(sid, att.slot) == []
+    finally:
+        await second.close()
+
+
+async def test_failed_start_leaves_nothing(
+    net_engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime fails after the network is up: it goes with the rest."""
+    crun = await net_engine.runtimes.select("crun")
+    seen: list[Path | None] = []
+
+    async def failing_start(config: ContainerConfig, bundle: Path, log: Path) -> int:
+        seen.append(config.netns)
+        assert config.netns is not None and config.netns.exists()  # it was set up
+        raise RuntimeUnavailableError("crun could not start the sandbox: injected")
+
+    monkeypatch.setattr(crun, "start", failing_start)
+    before = {s.id for s in net_engine.list(states=[SandboxState.FAILED])}
+    with pytest.raises(RuntimeUnavailableError, match="injected"):
+        await net_engine.create(_spec("crun"))
+    assert len(seen) == 1
+    (failed,) = [s for s in net_engine.list(states=[SandboxState.FAILED]) if s.id not in before]
+    assert leftovers(failed.id, None) == []
+    slots = network.net_dir() / "slots"
+    assert [p for p in slots.iterdir() if p.read_text() == failed.id] == []
