@@ -16,6 +16,8 @@ class Minos:
 
     def __call__(self, request: AdmissionRequest) -> Verdict:
         quotas = request.policy.quotas
+        if quotas.max_sandboxes is None and quotas.max_cpu is None and quotas.max_memory_mb is None:
+            return Verdict.accept()  # no quota: the tenant's usage is not even counted
         used = request.usage
         resources = request.spec.resources or request.template_resources
         who = f"tenant {request.tenant}" if request.tenant else "this engine"
