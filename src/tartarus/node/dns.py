@@ -41,7 +41,7 @@ OnAnswer = Callable[[Answers], Awaitable[None]]
 
 
 class DNSFormatError(ValueError):
-    pass
+    """A message we cannot parse: a query gets no answer, an upstream answer a SERVFAIL."""
 
 
 def host_upstream(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, int] | None:
