@@ -116,3 +116,14 @@ def test_invalid_policies_are_refused(body: dict[str, object]) -> None:
 def test_runtime_names_agree_with_the_runtimes() -> None:
     for name, cls in RUNTIME_CLASSES.items():
         assert RUNTIME_ISOLATION[name] == cls.capabilities.isolation, name
+
+
+def test_the_documented_example_file_parses() -> None:
+    """docs/examples/policies.yaml is what the README tells users to apply: it must stay valid."""
+    from pathlib import Path
+
+    from tartarus.control import policyfile
+
+    path = Path(__file__).parents[2] / "docs" / "examples" / "policies.yaml"
+    names = [p.name for p in policyfile.load(path)]
+    assert names == ["baseline", "students", "agents-untrusted"]

@@ -35,8 +35,15 @@ def _table(columns: Sequence[str], rows: list[list[str]]) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in columns:
-        table.add_column(column.upper(), no_wrap=True)
+    last = len(columns) - 1
+    for i, column in enumerate(columns):
+        # on a narrow terminal only the last column (a summary, a date) wraps: names and ids,
+        # what users copy, stay whole
+        if i < last:
+            widest = max([len(column), *(len(row[i]) for row in rows)])
+            table.add_column(column.upper(), no_wrap=True, min_width=widest)
+        else:
+            table.add_column(column.upper())
     for row in rows:
         table.add_row(*row)
     Console(soft_wrap=True).print(table)
