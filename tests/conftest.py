@@ -1,9 +1,10 @@
 """Test session setup: one short state dir for the whole run, the shared image cache, and the
 runtimes every sandbox test is parametrised over.
 
-Sandbox tests run on every runtime in RUNTIMES (crun, runc, gvisor; TARTARUS_TEST_RUNTIMES
-narrows it for a quick local run). CI sets TARTARUS_REQUIRE_RUNTIMES=crun,runc,gvisor: a
-required runtime that does not work fails the session instead of skipping. Without it (a
+Sandbox tests run on every runtime in RUNTIMES (crun, runc, gvisor, and microvm for the
+engine and API suites, its core; TARTARUS_TEST_RUNTIMES narrows it for a quick local run).
+CI sets TARTARUS_REQUIRE_RUNTIMES=crun,runc,gvisor,microvm: a required runtime that does not
+work fails the session instead of skipping. Without it (a
 developer's machine), tests of a runtime that does not work here are skipped with the probe's
 reason.
 """
@@ -24,7 +25,10 @@ STATE_DIR = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
 STATE_DIR.chmod(0o711)
 os.environ["TARTARUS_STATE_DIR"] = str(STATE_DIR)
 
-ALL_RUNTIMES = ("crun", "runc", "gvisor")
+ALL_RUNTIMES = ("crun", "runc", "gvisor", "microvm")
+# microvm runs the engine and API suites (its own: tests/microvm); the hostile and network
+# suites are about container isolation and Styx, which a VM without a NIC does not use
+MICROVM_SUITES = ("engine", "api")
 _NARROWED = os.environ.get("TARTARUS_TEST_RUNTIMES", "")
 RUNTIMES = tuple(r.strip() for r in _NARROWED.split(",") if r.strip()) or ALL_RUNTIMES
 REQUIRED = {
@@ -78,6 +82,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "runtime" not in metafunc.fixturenames:
         return
     names = RUNTIMES
+    suite = metafunc.definition.path.parent.name
+    if suite not in MICROVM_SUITES:
+        names = tuple(n for n in names if n != "microvm")
     if (marker := metafunc.definition.get_closest_marker("runtimes")) is not None:
         assert marker.kwargs.get("why"), "a runtimes marker must say why"
         names = tuple(n for n in RUNTIMES if n in marker.args)

@@ -22,8 +22,9 @@ def test_fork_one_into_three_through_the_sdk(
     url, key = api_server.url, tenant_a[1]
     with Sandbox.create(url=url, api_key=key, runtime=api_runtime, timeout=120) as source:
         source.files.write("/home/user/state.txt", "saved")
-        snap = source.snapshot(name="sdk-fork")
-        assert (snap.template, snap.source, snap.memory) == ("python", source.id, False)
+        memory = api_runtime == "microvm"  # a VM's files are on its disk, saved with it
+        snap = source.snapshot(name="sdk-fork", memory=memory)
+        assert (snap.template, snap.source, snap.memory) == ("python", source.id, memory)
         assert snap.size_bytes > 0
         assert [s.id for s in Sandbox.list_snapshots(api_server.url, key)] == [snap.id]
         clones = [

@@ -26,7 +26,8 @@ def _leftovers() -> set[str]:
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
             if b"TARTARUS_STATE_DIR=/tmp/ttb-" in environ.read_bytes():
-                found.add(f"process {environ.parent.name}")
+                argv = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                found.add(f"process {environ.parent.name}: {argv.decode(errors='replace')}")
         except OSError:
             continue
     return found

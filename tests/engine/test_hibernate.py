@@ -24,7 +24,7 @@ from tartarus.errors import CapabilityError, ConflictError, RuntimeUnavailableEr
 from tartarus.models import SandboxSpec, SandboxState
 from tartarus.node import sleepfiles
 from tartarus.node.engine import Engine
-from tartarus.runtimes import cgroups
+from tartarus.runtimes import cgroups, microvm_sleep
 from tartarus.runtimes import runc as runc_module
 from tartarus.runtimes.base import Capabilities
 from tartarus.runtimes.bundle import CGROUP_PARENT
@@ -33,7 +33,7 @@ from tartarus.runtimes.registry import RuntimeRegistry
 from tests.conftest import REQUIRED
 from tests.engine.helpers import tartarus
 
-CHECKPOINTING = ("gvisor", "runc")
+CHECKPOINTING = ("gvisor", "runc", "microvm")
 REQUIRED_CHECKPOINT = (REQUIRED & set(CHECKPOINTING)) | {
     r.strip() for r in os.environ.get("TARTARUS_REQUIRE_CHECKPOINT", "").split(",") if r.strip()
 }
@@ -297,19 +297,26 @@ async def test_a_failed_checkpoint_leaves_it_running(
     sb = await engine.create(SandboxSpec(runtime=rt, timeout=300))
     assert (await engine.agent(sb.id).run_code("x = 41")).error is None
     runtime = engine._live[sb.id].runtime
-    assert isinstance(runtime, OCIRuntime)
     confirmed = await engine.runtimes.capabilities(rt)
 
     async def capabilities(name: str) -> Capabilities:  # as probed before it broke
         return confirmed
 
     monkeypatch.setattr(engine.runtimes, "capabilities", capabilities)
-    if rt == "runc":  # a CRIU that fails (after the agent was parked)
+    if rt == "microvm":  # QEMU cannot write the state file: the migration fails
+        real_save = microvm_sleep.save
+
+        async def unwritable(qmp_sock: Path, state: Path) -> None:
+            await real_save(qmp_sock, Path("/proc/no-such-dir/state"))
+
+        monkeypatch.setattr(microvm_sleep, "save", unwritable)
+    elif rt == "runc":  # a CRIU that fails (after the agent was parked)
         fake = tmp_path / "criu"
         fake.write_text("#!/bin/sh\necho 'Error (fake): broken on purpose' >&2\nexit 1\n")
         fake.chmod(0o755)
         monkeypatch.setattr(runc_module, "criu_path", lambda: fake)
     else:  # runsc refuses (after the relay stopped accepting)
+        assert isinstance(runtime, OCIRuntime)
         real = runtime._run
 
         async def failing(*args: str, **kwargs: Any) -> tuple[int, str, str]:
@@ -318,7 +325,7 @@ async def test_a_failed_checkpoint_leaves_it_running(
             return await real(*args, **kwargs)
 
         monkeypatch.setattr(runtime, "_run", failing)
-    with pytest.raises(RuntimeUnavailableError, match="checkpoint failed"):
+    with pytest.raises(RuntimeUnavailableError, match=r"checkpoint failed|saving the VM failed"):
         await engine.hibernate(sb.id)
     assert engine.get(sb.id).state == SandboxState.RUNNING
     assert not (engine.settings.sandboxes_dir / sb.id / "hibernated").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from tests.engine.helpers import run
 
 FORK_COUNTER = """
@@ -25,6 +27,12 @@ print("forked", n, flush=True)
 """
 
 
+@pytest.mark.runtimes(
+    "crun",
+    "runc",
+    "gvisor",
+    why="microvm: at least 128 MiB, and the guest's own OOM killer: tests/microvm",
+)
 def test_memory_limit_is_an_oom_kill(runtime: str) -> None:
     proc = run(
         runtime,
@@ -45,6 +53,12 @@ def test_pids_limit_caps_forks(runtime: str) -> None:
     assert 0 < forked < 32
 
 
+@pytest.mark.runtimes(
+    "crun",
+    "runc",
+    "gvisor",
+    why="microvm: the bomb starves its guest agent too (RLIMIT_NPROC): tests/microvm",
+)
 def test_fork_bomb_is_contained_and_host_stays_responsive(runtime: str) -> None:
     bomb = subprocess.Popen(
         _run_argv(

@@ -87,6 +87,12 @@ async def test_a_main_command_runs_in_a_pooled_sandbox(engine: Engine) -> None:
     assert b"".join(out) == b"main\n"
 
 
+@pytest.mark.runtimes(
+    "crun",
+    "runc",
+    "gvisor",
+    why="microvm cannot resize a running VM (not resizable): it starts cold",
+)
 async def test_a_smaller_request_gets_a_pooled_sandbox_shrunk(engine: Engine, runtime: str) -> None:
     engine.pools.set(PoolSpec(template="python", min=1, runtime=runtime))
     await _until_ready(engine, "python", 1)

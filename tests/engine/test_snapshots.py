@@ -50,6 +50,9 @@ def du(path: Path) -> int:
     return total
 
 
+@pytest.mark.runtimes(
+    "crun", "runc", "gvisor", why="microvm: memory snapshots only, tests/microvm/test_sleep.py"
+)
 async def test_three_sandboxes_from_one_snapshot_are_independent(
     engine: Engine, runtime: str
 ) -> None:
@@ -99,6 +102,9 @@ async def test_three_sandboxes_from_one_snapshot_are_independent(
         engine.snapshots.get(snap.id)
 
 
+@pytest.mark.runtimes(
+    "crun", "runc", "gvisor", why="microvm: memory snapshots only, tests/microvm/test_sleep.py"
+)
 async def test_a_paused_sandbox_can_be_snapshotted_and_stays_paused(
     engine: Engine, runtime: str
 ) -> None:
@@ -273,6 +279,9 @@ async def test_measure_snapshot_and_clone_start(engine: Engine, runtime: str) ->
     )
 
 
+@pytest.mark.runtimes(
+    "crun", "runc", "gvisor", why="microvm: memory snapshots only, tests/microvm/test_sleep.py"
+)
 def test_cli_embedded(runtime: str) -> None:
     """An embedded CLI's sandbox keeps its layer in the ended CLI's mount namespace; only on
     a runtime that can checkpoint does a keeper hold it for the next command (node/

@@ -3,6 +3,7 @@ the unchanged guest agent over virtio-serial, limits, and nothing left behind.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -19,7 +20,7 @@ from tartarus.errors import (
 from tartarus.models import NetworkMode, Resources, SandboxSpec, SandboxState
 from tartarus.node.engine import Engine
 from tartarus.runtimes.bundle import CGROUP_PARENT
-from tartarus.runtimes.microvm_qemu import QEMU_OVERHEAD_MB
+from tartarus.runtimes.microvm_qemu import QEMU_OVERHEAD_MB, QEMU_UID
 
 pytestmark = pytest.mark.slow  # each guest boots under TCG here: seconds
 
@@ -88,8 +89,11 @@ async def test_microvm_end_to_end(engine: Engine, microvm: str) -> None:
             procs = (memcg / "cgroup.procs").read_text().split()
             assert str(engine._live[sid].init_pid) in procs
         assert _qemu_of(sid)
+        # QEMU runs as its own unprivileged uid, outside every container's range
+        status = Path(f"/proc/{engine._live[sid].init_pid}/status").read_text()
+        assert f"Uid:\t{QEMU_UID}\t" in status
         # files snapshots copy the host's layer, which a VM does not write to: refused
-        with pytest.raises(ConflictError, match="does not support snapshots"):
+        with pytest.raises(ConflictError, match="does not support files-only snapshots"):
             await engine.snapshot(sid)
     finally:
         await engine.kill(sid)
@@ -153,5 +157,39 @@ async def test_a_new_engine_readopts_a_running_vm(microvm: str) -> None:
         assert final.state == SandboxState.KILLED
     finally:
         await second.close()
+    assert _qemu_of(sb.id) == b""
+    assert not (_root() / sb.id).exists()
+
+
+async def test_memory_beyond_the_guest_stays_in_the_guest(engine: Engine, microvm: str) -> None:
+    """The guest's memory is its limit: its own kernel refuses or OOM-kills a hog, and the
+    VM, QEMU and the host go on (the engine suites' OOM case needs < 128 MiB)."""
+    resources = Resources(memory_mb=160)
+    sb = await engine.create(SandboxSpec(runtime=microvm, timeout=300, resources=resources))
+    try:
+        hog = "b = bytearray(400 * 1024 * 1024); print('survived')"
+        rc, out, _ = await _run(engine, sb.id, "python3", "-c", hog)
+        assert rc != 0 and b"survived" not in out
+        assert await _run(engine, sb.id, "echo", "alive") == (0, b"alive\n", b"")
+        assert engine.get(sb.id).state == SandboxState.RUNNING
+    finally:
+        await engine.kill(sb.id)
+
+
+async def test_fork_bomb_stays_in_the_vm(engine: Engine, microvm: str) -> None:
+    """A fork bomb exhausts the sandbox user's process cap inside the guest (its agent, the
+    same user, with it): the host goes on and the sandbox still ends by its deadline."""
+    bomb = ("sh", "-c", "(b(){ b | b & }; b) 2>/dev/null; while :; do :; done")
+    resources = Resources(pids=64, cpu=0.5)
+    sb = await engine.create(
+        SandboxSpec(runtime=microvm, timeout=6, resources=resources, command=bomb)
+    )
+    await asyncio.sleep(2)
+    start = time.monotonic()
+    for _ in range(5):
+        subprocess.run(["true"], check=True, timeout=10)
+    assert time.monotonic() - start < 5, "the host struggled to start processes"
+    final = await asyncio.wait_for(engine.wait(sb.id), 60)
+    assert final.state in (SandboxState.KILLED, SandboxState.FAILED, SandboxState.EXITED)
     assert _qemu_of(sb.id) == b""
     assert not (_root() / sb.id).exists()

@@ -35,7 +35,7 @@ async def _check(engine: Engine, sid: str) -> None:
     assert got["denied"].startswith("fail:"), got
 
 
-@pytest.fixture(params=CHECKPOINTING)
+@pytest.fixture(params=[r for r in CHECKPOINTING if r != "microvm"])  # a VM has no NIC yet
 def rt(request: pytest.FixtureRequest) -> str:
     return _checkpointing(request.param)
 

@@ -908,7 +908,19 @@ class Agent:
 
     def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
         header = {"type": "pong", "version": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
+        header["zygote"] = self._zygote_state()
         protocol.send_frame(conn, header)
+
+    def _zygote_state(self) -> str:
+        """off | starting | warm (its pre-imports done) | failed: a microVM template is
+        saved once it is warm, so every clone starts with the imports done."""
+        keeper = self.zygotes
+        if keeper is None:
+            return "off"
+        with keeper.cond:
+            if keeper.warm is not None and keeper.warm.info is not None:
+                return "warm"
+            return "failed" if keeper.failures and not keeper.starting else "starting"
 
     def _swap_listener(self, new: socket.socket) -> None:
         new.set_inheritable(False)

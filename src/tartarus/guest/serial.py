@@ -14,7 +14,8 @@ that connects (a new engine after a restart, a clone restored from a snapshot), 
 connection of an earlier host, sets the guest clock and reseeds the kernel RNG with host
 entropy (clones from one snapshot would otherwise share both); the guest answers READY once
 the agent accepts connections. The agent is started after the first HELLO, so its deadline
-is judged by a clock that is right.
+is judged by a clock that is right. TIME sets the clock and reseeds alone, keeping the
+connections: the host sends it when the VM goes on after a pause (a stopped VM's clock stops).
 
 It also acts as init: it reaps orphans and powers the VM off when the agent exits. Stdlib
 only, Python >= 3.9: it runs on the image's python3.
@@ -23,6 +24,7 @@ only, Python >= 3.9: it runs on the image's python3.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -46,10 +48,11 @@ else:  # run as a script with -I: our directory is not on the path by itself
 
 FRAME = struct.Struct("!BII")
 MAX_BODY = 1 << 16
-HELLO, READY, OPEN, DATA, EOF, CLOSE = 1, 2, 3, 4, 5, 6
+HELLO, READY, OPEN, DATA, EOF, CLOSE, TIME = 1, 2, 3, 4, 5, 6, 7
 PORT_NAME = "tartarus.agent"
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+PR_SET_NO_NEW_PRIVS = 38
 HIGH_WATER = 1 << 20  # stop reading the agent's sockets while the port lags this much
 BUSYBOX = "/.tartarus/busybox"
 
@@ -124,6 +127,8 @@ class Mux:
         if pid == 0:  # pragma: no cover - the child execs
             try:
                 os.setsid()
+                # no setuid binary of the image elevates anyone (as in the containers)
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
                 os.setgroups([])
                 os.setgid(int(cfg["gid"]))
                 os.setuid(int(cfg["uid"]))
@@ -209,6 +214,8 @@ class Mux:
                 self.ready_pending = True  # deadline (a backstop only) right after
                 self.send(READY, 0, json.dumps({"agent_pid": self.agent_pid}).encode())
                 self.ready_pending = False
+        elif kind == TIME:
+            apply_hello(json.loads(body.decode()))
         elif kind == OPEN:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

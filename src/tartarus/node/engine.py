@@ -264,7 +264,7 @@ class Engine:
                 resources,
                 clock,
                 preimport=template.spec.preimport,
-                extra_lowers=snapshots.lowers(self, snap) if snap is not None else (),
+                extra_lowers=snapshots.lowers_for(self, snap, runtime) if snap else (),
                 seccomp=seccomp,
             )
             clock.phases["create"] = clock.since_start()
@@ -282,6 +282,7 @@ class Engine:
             await asyncio.shield(supervisor.finish(self, live, SandboxState.FAILED, reason=reason))
             self.jobs.finish(job_id, self.owner, error=reason)
             raise
+        hibernate.attach(self, live)  # now: a use may come before the supervisor runs
         live.task = asyncio.create_task(supervisor.supervise(self, live, io or MainIO()))
         self._started(live, clock)
         if snap is not None and snap.memory:  # Nyx: the snapshot's processes, not fresh ones
@@ -632,7 +633,8 @@ class Engine:
         """SIGTERM every process but the guest agent, give them `grace` seconds (default:
         the template's, else the configured one), then kill; the final record says how it
         ended (node/lifecycle.py). An ended sandbox is returned as it is. `checkpoint`
-        snapshots it first (409 if it cannot be), and the final reason names the snapshot."""
+        snapshots it first (409 if it cannot be; a VM's is a memory snapshot, its files being
+        on its own disk), and the final reason names the snapshot."""
         sandbox = self.get(sandbox_id, tenant=tenant)
         seconds = lifecycle.grace_for(self, sandbox, grace)
         if sandbox.terminal:
@@ -642,7 +644,8 @@ class Engine:
                 )
             return sandbox
         live = self._get_live(sandbox_id, tenant, paused_ok=True)
-        saved = await snapshots.take(self, live, None) if checkpoint else None
+        memory = not live.runtime.files_on_host
+        saved = await snapshots.take(self, live, None, memory=memory) if checkpoint else None
         return await lifecycle.terminate(
             self, live, seconds, AGENT_GRACE_S, saved_as=saved.id if saved else None
         )

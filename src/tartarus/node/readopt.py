@@ -79,6 +79,7 @@ async def readopt(engine: Engine, sandbox: Sandbox) -> bool:
     except (TartarusError, OSError) as exc:
         log.warning("could not restore a sandbox's network", sandbox=sandbox.id, error=str(exc))
         return False
+    hibernate.attach(engine, live)  # now: a use may come before the supervisor runs
     engine._live[sandbox.id] = live
     engine.erinyes.watch(live)
     resume = bool(sandbox.spec.command)

@@ -15,16 +15,18 @@ its layer is copied and resumed right after, so no half-written file is saved; a
 one is copied from its saved layer. Where the runtime cannot pause here, the copy is taken
 live and says so in the log.
 
-Memory snapshots (`memory=True`, runtimes that checkpoint here: gVisor, runc with CRIU) hold
-the processes too. The source is hibernated (node/hibernate.py), its checkpoint image (and
-the parked agent's socket name, runc) and its saved layer are copied, and it is woken again:
+Memory snapshots (`memory=True`, runtimes that checkpoint here: gVisor, runc with CRIU,
+microvm) hold the processes too. The source is hibernated (node/hibernate.py), its checkpoint
+image (and the parked agent's socket name, runc) and its saved layer are copied, and it is
+woken again:
 runsc 20221219's `checkpoint --leave-running` is a checkpoint, destroy and restore as well,
 and it failed here waiting for the destroyed sandbox. A sandbox started from one is created
 as from any snapshot, then hibernated at once and woken from the snapshot's image instead
 of its own: runsc and CRIU both restore into another container id and rootfs path, so each
 clone has the source's processes (a Python variable set before the snapshot is there) over
 its own writable layer. It keeps the snapshot's runtime and takes no main command (the
-restored processes replace whatever was started).
+restored processes replace whatever was started). A microVM's image is its whole VM, disk
+included, so only memory snapshots exist for it and no layer is stacked (`lowers_for`).
 
 Retention (`Settings.snapshot_max_age_s`, `snapshot_max_count` per tenant) is applied after
 each snapshot and periodically by every open engine, which also removes snapshots whose
@@ -54,6 +56,7 @@ from tartarus.store.snapshots import Snapshot
 if TYPE_CHECKING:
     from tartarus.node.engine import Engine
     from tartarus.node.live import LiveSandbox
+    from tartarus.runtimes.base import Runtime
 
 log = structlog.get_logger("tartarus.nyx")
 
@@ -75,6 +78,14 @@ def lowers(engine: Engine, snap: Snapshot) -> list[Path]:
         chain.append(layer_of(engine, current.id))
         current = engine.snapshots.get(current.parent, any_tenant=True) if current.parent else None
     return chain
+
+
+def lowers_for(engine: Engine, snap: Snapshot, runtime: Runtime) -> list[Path]:
+    """What a sandbox on `runtime` started from `snap` stacks: nothing for a VM's memory
+    snapshot, whose image holds the VM's whole disk (the guest mounts no host layer)."""
+    if snap.memory and not runtime.files_on_host:
+        return []
+    return lowers(engine, snap)
 
 
 def resolve_for_create(engine: Engine, spec: SandboxSpec, tenant: str | None) -> Snapshot:
@@ -101,7 +112,7 @@ def resolve_for_create(engine: Engine, spec: SandboxSpec, tenant: str | None) ->
     return snap
 
 
-def _refusal(live: LiveSandbox) -> str | None:
+def _refusal(live: LiveSandbox, memory: bool) -> str | None:
     sandbox, sid = live.sandbox, live.sandbox.id
     if live.killed.is_set() or live.done.is_set() or live.terminating:
         return f"sandbox {sid} is ending"
@@ -109,10 +120,10 @@ def _refusal(live: LiveSandbox) -> str | None:
         return f"sandbox {sid} is {sandbox.state.value}, not running"
     if sandbox.pool is not None:
         return f"sandbox {sid} waits in a warm pool"
-    if not live.runtime.files_on_host:
+    if not live.runtime.files_on_host and not memory:
         return (
-            f"runtime {live.runtime.name!r} does not support snapshots yet: the sandbox's"
-            " files live on its own disk, not in a layer the engine can copy"
+            f"runtime {live.runtime.name!r} does not support files-only snapshots: the"
+            " sandbox's files live on its own disk, which a memory snapshot saves (--memory)"
         )
     return None
 
@@ -122,7 +133,7 @@ async def take(
 ) -> Snapshot:
     """Copy `live`'s writable layer (and with `memory` its processes) into a new snapshot
     and record it."""
-    if (why := _refusal(live)) is not None:
+    if (why := _refusal(live, memory)) is not None:
         raise ConflictError(why)
     sandbox = live.sandbox
     if name is not None:  # a clear 409 before any copying

@@ -17,8 +17,15 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _hierarchies() -> list[Path]:
+    """Mounted cgroup hierarchies. In our private mount namespace the unmounted `unified`
+    is a plain directory where runtimes leave `cgroup.procs` files with stale pids (see
+    hostns.remove_shadow_cgroup): never a place to read members from."""
     try:
-        return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+        return [
+            p
+            for p in CGROUP_ROOT.iterdir()
+            if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()
+        ]
     except OSError:
         return []
 

@@ -1,4 +1,4 @@
-"""microvm: each sandbox is a QEMU `microvm` guest with its own kernel (issue 7, first slice).
+"""microvm: each sandbox is a QEMU `microvm` guest with its own kernel.
 
 The isolation boundary is a virtual machine. On a host whose /dev/kvm really runs a stock
 guest kernel that is hardware virtualisation; here /dev/kvm is PVM (stock kernels crawl in its
@@ -21,15 +21,16 @@ guest/serial.py for the agent channel):
   writable disk in its state dir, and `delete` removes all of them.
 
 Sandboxes start as copy-on-write clones of a per-plan template snapshot (microvm_template);
-`TARTARUS_MICROVM_CLONES=0` boots each cold. Not yet (issue 7): pause/resume, hibernation,
-networks other than `none`, sandboxes from snapshots, exec without the guest agent.
+`TARTARUS_MICROVM_CLONES=0` boots each cold. Pause, hibernation and memory snapshots are QMP
+stop/cont and a migration into a file (microvm_sleep). Not yet: networks other than `none`,
+files-only snapshots (the files are on the VM's disk), exec without the guest agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import os
 import re
 import shutil
@@ -40,7 +41,16 @@ from typing import Any
 
 from tartarus.errors import CapabilityError, InvalidRequestError, RuntimeUnavailableError
 from tartarus.models import Isolation
-from tartarus.runtimes import cgroups, microvm_image, microvm_qemu, microvm_template, reaper, spawn
+from tartarus.runtimes import (
+    cgroups,
+    microvm_image,
+    microvm_probe,
+    microvm_qemu,
+    microvm_sleep,
+    microvm_template,
+    reaper,
+    spawn,
+)
 from tartarus.runtimes.base import (
     Capabilities,
     ContainerConfig,
@@ -55,9 +65,22 @@ from tartarus.runtimes.microvm_qemu import QEMU, alive, read_pid
 AGENT_SOCKET = "/run/tartarus/agent.sock"  # inside the guest (a tmpfs of PID 1's)
 MIN_MEMORY_MB = 128  # the kernel, busybox init and a Python agent
 MIN_DISK_MB = 16
-KVM_PROBE_S = 6.0  # a real KVM guest reaches userspace in well under a second
-TCG_PROBE_S = 60.0
+PAUSED = "paused"  # in the VM's directory while QEMU is stopped
+SAVED = ("state", "rw.ext4")  # what a hibernated VM is, beside the engine's files
 PYTHON_PATH = re.compile(r"^/[A-Za-z0-9._+/-]+$")
+
+
+async def _move(source: Path, target: Path) -> None:
+    """Rename, or copy keeping holes (a writable disk is mostly holes) across filesystems."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        rc, _, err = await spawn.run(["cp", "--sparse=always", str(source), str(target)])
+        if rc != 0:
+            raise RuntimeUnavailableError(f"microvm: cannot move {source.name}: {err!r}") from exc
+        source.unlink()
 
 
 def boot_timeout() -> float:
@@ -68,12 +91,12 @@ def boot_timeout() -> float:
 class MicroVMRuntime(Runtime):
     name = "microvm"
     binary = QEMU
-    package = "qemu-system-x86"
+    package = microvm_probe.PACKAGE
     files_on_host = False  # its writable layer is the VM's own disk (snapshots refuse)
     capabilities = Capabilities(
         isolation=Isolation.VM,
-        pause=False,
-        checkpoint=False,
+        pause=True,  # QMP stop/cont
+        checkpoint=True,  # a migration into a file (microvm_sleep)
         userns=False,
         exec_channel="agent over virtio-serial",
         network_modes=("none",),  # no NIC yet: Styx's allowlist/open need one
@@ -92,87 +115,22 @@ class MicroVMRuntime(Runtime):
     def probe_extra_key(self) -> str:
         return microvm_image.key()
 
-    def _accel_file(self) -> Path:
-        return self.root / "accelerator.json"
-
     def accelerator(self) -> str:
-        """`kvm` if the last probe booted a guest under it, else `tcg`."""
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(self._accel_file().read_text()).get("accelerator") == "kvm":
-                return "kvm"
-        return "tcg"
+        return microvm_probe.accelerator(self.root)
 
     async def probe(self) -> ProbeResult:
-        hint = f"apt-get install {self.package} (or run scripts/setup.sh)"
-        if shutil.which(QEMU) is None:
-            return ProbeResult(False, reason=f"{QEMU} not found", hint=hint)
-        try:
-            microvm_image.kernel()
-            initrd = microvm_image.initramfs(self.root / "cache")
-        except RuntimeUnavailableError as exc:
-            return ProbeResult(False, reason=str(exc), hint="run scripts/setup.sh")
-        rc, out, _ = await spawn.run([QEMU, "--version"])
-        words = out.decode(errors="replace").split() if rc == 0 else []
-        # "QEMU emulator version 7.2.22 (Debian ...)": doctor shows the last word
-        version = f"QEMU {words[3]}" if len(words) > 3 else ""
-        kvm_why, tcg_why = await asyncio.gather(
-            self._probe_accel("kvm", initrd), self._probe_accel("tcg", initrd)
-        )
-        accel = "kvm" if kvm_why is None else "tcg" if tcg_why is None else None
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._accel_file().write_text(json.dumps({"accelerator": accel or "tcg"}))
-        detail = f"accelerator: {accel}" if accel else ""
-        if accel == "tcg":
-            detail += f" (not KVM: {kvm_why})"
-        if accel is None:
-            return ProbeResult(
-                False, version, reason=f"no guest booted: {tcg_why}", hint=hint, detail=detail
-            )
-        return ProbeResult(True, version, detail=detail)
-
-    async def _probe_accel(self, accel: str, initrd: Path) -> str | None:
-        """Boot the initramfs alone under `accel`; None if it reached userspace in time,
-        else why not."""
-        if accel == "kvm":
-            if not os.path.exists("/dev/kvm"):
-                return "no /dev/kvm"
-            if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-                return "/dev/kvm is not accessible"
-        deadline = KVM_PROBE_S if accel == "kvm" else TCG_PROBE_S
-        argv = [*microvm_qemu.machine(accel, 128, 1), "-serial", "stdio"]
-        argv += microvm_qemu.boot_args(initrd, "probe", "")
-        proc = await reaper.spawn(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert proc.stdout is not None
-        output = b""
-        try:
-            async with asyncio.timeout(deadline):
-                while chunk := await proc.stdout.read(4096):
-                    output += chunk
-                    if microvm_image.PROBE_MARK.encode() in output:
-                        return None
-        except TimeoutError:
-            why = f"a probe guest did not reach userspace under {accel.upper()} in {deadline:g} s"
-            if accel == "kvm" and Path("/sys/module/kvm_pvm").exists():
-                why += " (/dev/kvm is PVM: stock guest kernels run in its instruction emulator)"
-            return why
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return f"the probe guest under {accel.upper()} ended early: {last[0]}"
+        return await microvm_probe.probe(self.root)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _dir(self, container_id: str) -> Path:
         return self.root / container_id
 
-    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
+    async def _plan(
+        self, config: ContainerConfig
+    ) -> tuple[microvm_qemu.Plan, dict[str, Any], Path | None, list[tuple[str, str]]]:
+        """What the VM is made of (plan), the guest's boot settings, the host layer to copy
+        into its writable disk and its bind mounts; refuses what a VM cannot do."""
         python, args = self._agent_args(config)
         resources = config.resources
         if resources.memory_mb < MIN_MEMORY_MB:
@@ -191,34 +149,38 @@ class MicroVMRuntime(Runtime):
         lowers, upper = microvm_image.overlay_dirs(config.rootfs)
         if len(lowers) != 1:
             raise CapabilityError(self.name, "sandboxes started from a snapshot")
+        cache = self.root / "cache"
+        drives = [("base", await microvm_image.base_image(cache, lowers[0]))]
+        binds: list[tuple[str, str]] = []
+        for i, bind in enumerate(config.binds):
+            drives.append((f"b{i}", await microvm_image.bind_image(cache, bind.source)))
+            binds.append((f"b{i}", bind.destination))
+        plan = microvm_qemu.Plan(
+            self.accelerator(),
+            resources.memory_mb,
+            microvm_qemu.vcpus(resources),
+            microvm_image.initramfs(cache),
+            python,
+            tuple(drives),
+        )
+        boot: dict[str, Any] = {
+            "args": args,
+            "env": config.env,
+            "uid": config.uid,
+            "gid": config.gid,
+            "cwd": config.cwd,
+            "hostname": config.hostname,
+            "pids": resources.pids,
+            "agent_socket": AGENT_SOCKET,
+        }
+        return plan, boot, upper, binds
+
+    async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
+        plan, boot, upper, binds = await self._plan(config)
         directory = self._dir(config.id)
         directory.mkdir(parents=True)
         listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
         try:
-            cache = self.root / "cache"
-            drives = [("base", await microvm_image.base_image(cache, lowers[0]))]
-            binds: list[tuple[str, str]] = []
-            for i, bind in enumerate(config.binds):
-                drives.append((f"b{i}", await microvm_image.bind_image(cache, bind.source)))
-                binds.append((f"b{i}", bind.destination))
-            plan = microvm_qemu.Plan(
-                self.accelerator(),
-                resources.memory_mb,
-                microvm_qemu.vcpus(resources),
-                microvm_image.initramfs(cache),
-                python,
-                tuple(drives),
-            )
-            boot: dict[str, Any] = {
-                "args": args,
-                "env": config.env,
-                "uid": config.uid,
-                "gid": config.gid,
-                "cwd": config.cwd,
-                "hostname": config.hostname,
-                "pids": resources.pids,
-                "agent_socket": AGENT_SOCKET,
-            }
             if microvm_template.enabled():
                 pid = await self._clone(config, plan, boot, upper, binds, directory, log)
             else:
@@ -300,7 +262,76 @@ class MicroVMRuntime(Runtime):
         if not directory.is_dir():
             return None
         pid = read_pid(directory)
-        return ContainerStatus.RUNNING if pid and alive(pid) else ContainerStatus.STOPPED
+        if not (pid and alive(pid)):
+            return ContainerStatus.STOPPED
+        return ContainerStatus.PAUSED if (directory / PAUSED).exists() else ContainerStatus.RUNNING
+
+    async def pause(self, container_id: str) -> None:
+        directory = self._dir(container_id)
+        await microvm_sleep.pause(directory / "qmp.sock")
+        (directory / PAUSED).touch()
+
+    async def resume(self, container_id: str) -> None:
+        directory = self._dir(container_id)
+        await microvm_sleep.resume(directory / "qmp.sock")
+        (directory / PAUSED).unlink(missing_ok=True)
+        if (channel := self._channels.get(container_id)) is not None:
+            await channel.send_time()  # the guest's clock stood still
+
+    async def checkpoint(self, container_id: str, image_dir: Path) -> None:
+        """Save the whole VM into `image_dir` (its state file and writable disk), then
+        remove it. QEMU writes as its own uid, so into the VM's directory first."""
+        directory = self._dir(container_id)
+        pid = read_pid(directory)
+        state = directory / "state"
+        state.touch()
+        os.chown(state, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+        try:
+            await microvm_sleep.save(directory / "qmp.sock", state)
+        except BaseException:
+            state.unlink(missing_ok=True)
+            raise
+        if pid:
+            await reaper.reap(pid, timeout=10.0)
+        image_dir.mkdir(parents=True, exist_ok=True)
+        for name in SAVED:
+            await _move(directory / name, image_dir / name)
+        await self.delete(container_id)
+
+    async def restore(
+        self, config: ContainerConfig, bundle: Path, log: Path, image_dir: Path
+    ) -> int:
+        plan, _, _, _ = await self._plan(config)
+        directory = self._dir(config.id)
+        directory.mkdir(parents=True)
+        for name in SAVED:
+            await _move(image_dir / name, directory / name)
+            os.chown(directory / name, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+        listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
+        try:
+            rw, resources = directory / "rw.ext4", config.resources
+            pid = await microvm_qemu.launch(
+                config.id, plan, directory, log, rw, resources, incoming=True
+            )
+            await microvm_sleep.load(directory / "qmp.sock", directory / "state")
+            channel = self._channels[config.id] = Channel()
+            await channel.connect(directory / "agent.sock")
+            await microvm_qemu.wait_ready(channel, pid, log, microvm_sleep.LOAD_TIMEOUT_S)
+            (directory / "state").unlink()
+            bundle.mkdir(parents=True, exist_ok=True)
+            (bundle / "init.pid").write_text(str(pid))
+            await channel.serve(listener)
+        except BaseException:
+            listener.close()
+            if (opened := self._channels.pop(config.id, None)) is not None:
+                await opened.close()
+            await self._end(directory)
+            for name in SAVED:  # the image stays whole for another try
+                if (directory / name).exists():
+                    await _move(directory / name, image_dir / name)
+            await self.delete(config.id)
+            raise
+        return pid
 
     async def kill(self, container_id: str, signal: int = 9) -> None:
         pid = read_pid(self._dir(container_id))
@@ -308,17 +339,20 @@ class MicroVMRuntime(Runtime):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal)
 
-    async def delete(self, container_id: str) -> None:
-        channel = self._channels.pop(container_id, None)
-        if channel is not None:
-            await channel.close()
-        directory = self._dir(container_id)
+    async def _end(self, directory: Path) -> None:
         pid = read_pid(directory)
         if pid and alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if pid:
             await reaper.reap(pid, timeout=5.0)
+
+    async def delete(self, container_id: str) -> None:
+        channel = self._channels.pop(container_id, None)
+        if channel is not None:
+            await channel.close()
+        await self._end(self._dir(container_id))
+        directory = self._dir(container_id)
         await cgroups.drain(CGROUP_PARENT, container_id)
         cgroups.remove(CGROUP_PARENT, container_id)
         shutil.rmtree(directory, ignore_errors=True)
@@ -346,7 +380,8 @@ class MicroVMRuntime(Runtime):
             listener.listen(64)
             channel = self._channels[container_id] = Channel()
             await channel.connect(directory / "agent.sock")
-            await asyncio.wait_for(channel.wait_ready(), timeout=10.0)
+            if not (directory / PAUSED).exists():  # a stopped guest reads the HELLO at resume
+                await asyncio.wait_for(channel.wait_ready(), timeout=10.0)
             await channel.serve(listener)
         except BaseException:
             listener.close()

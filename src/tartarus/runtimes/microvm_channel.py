@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tartarus.guest.serial import CLOSE, DATA, EOF, FRAME, HELLO, MAX_BODY, OPEN, READY
+from tartarus.guest.serial import CLOSE, DATA, EOF, FRAME, HELLO, MAX_BODY, OPEN, READY, TIME
 
 
 class Channel:
@@ -41,11 +41,21 @@ class Channel:
         """Connect to QEMU's chardev socket and say HELLO: clock and entropy for the guest,
         and `agent` settings (deadline, env) for an agent that runs already (a clone)."""
         self._reader, self._writer = await asyncio.open_unix_connection(str(path))
-        hello: dict[str, Any] = {"time": time.time(), "entropy": os.urandom(64).hex()}
+        hello = self._clock()
         if agent is not None:
             hello["agent"] = agent
         self._send(HELLO, 0, json.dumps(hello).encode())
         self._pump = asyncio.create_task(self._read_port())
+
+    @staticmethod
+    def _clock() -> dict[str, Any]:
+        return {"time": time.time(), "entropy": os.urandom(64).hex()}
+
+    async def send_time(self) -> None:
+        """Set the guest's clock (and reseed its RNG) keeping the connections: after a pause."""
+        self._send(TIME, 0, json.dumps(self._clock()).encode())
+        if self._writer is not None:
+            await self._writer.drain()
 
     async def wait_ready(self) -> None:
         """Until the guest's agent accepts connections (READY); raises ConnectionError if the

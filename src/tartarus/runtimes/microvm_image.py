@@ -61,6 +61,7 @@ for arg in $($B cat /proc/cmdline); do
   esac
 done
 if [ "$mode" = probe ]; then echo {PROBE_MARK}; $B poweroff -f; fi
+if [ "$mode" = hold ]; then while :; do echo {PROBE_MARK}; $B sleep 1; done; fi
 for i in $($B seq 200); do [ -e /sys/block/vdb ] && break; $B usleep 10000; done
 for d in /sys/block/vd*; do
   s=$($B cat $d/serial 2>/dev/null)
@@ -84,6 +85,9 @@ $B mount --move /dev /newroot/dev
 $B mkdir -p /newroot/dev/pts /newroot/dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
+# no user namespaces for the sandbox user (Debian's switch; any kernel: none at all)
+echo 0 > /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null \
+  || echo 0 > /proc/sys/user/max_user_namespaces
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys
 $B ip link set lo up

@@ -61,7 +61,21 @@ def machine(accel: str, memory_mb: int, vcpus: int) -> list[str]:
     else:
         argv += ["-accel", "tcg,tb-size=64", "-cpu", "max"]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    return argv
+    # QEMU's own seccomp filter: no obsolete or resource-control syscalls. `spawn` stays
+    # allowed (saving a VM is `exec:cat`) and `elevateprivileges` too (-runas drops to
+    # QEMU_UID after the filter is in place)
+    return [*argv, "-sandbox", "on,obsolete=deny,resourcecontrol=deny"]
+
+
+def memory(memory_mb: int, ram: Path | None = None, share: bool = True) -> list[str]:
+    """Guest RAM as a named backend (`mem0`) whatever it is, so that a hibernated VM's state,
+    whose RAM block is named after it, loads into a VM with plain anonymous memory."""
+    if ram is None:
+        backend = f"memory-backend-ram,id=mem0,size={memory_mb}M"
+    else:
+        backend = f"memory-backend-file,id=mem0,size={memory_mb}M,mem-path={ram}"
+        backend += f",share={'on' if share else 'off'}"
+    return ["-object", backend, "-machine", "memory-backend=mem0"]
 
 
 def boot_args(initrd: Path, mode: str, python: str) -> list[str]:
@@ -103,10 +117,7 @@ async def launch(
     that file (`share`: written through, for a template; else mapped copy-on-write)."""
     argv = machine(plan.accel, plan.memory_mb, plan.vcpus)
     argv += boot_args(plan.initrd, "sandbox", plan.python)
-    if ram is not None:
-        backend = f"memory-backend-file,id=mem0,size={plan.memory_mb}M,mem-path={ram}"
-        argv += ["-object", f"{backend},share={'on' if share else 'off'}"]
-        argv += ["-machine", "memory-backend=mem0"]
+    argv += memory(plan.memory_mb, ram, share)
     drives = [plan.drives[0], ("rw", rw), *plan.drives[1:]]
     for serial, path in drives:
         options = f"id={serial},file={path},format=raw,if=none"

@@ -3,8 +3,9 @@
 A cold boot costs seconds under TCG; restoring a snapshot costs a QEMU start and a state
 load. So the first sandbox of a plan (image, guest files, memory, vCPUs, disk size, the agent's
 arguments and pre-created directories) boots a template VM whose RAM is a file
-(`memory-backend-file,share=on`), waits for its agent, disconnects, and saves only the device
-state (`x-ignore-shared`: the RAM file is the memory image), about 0.1 MB. Every sandbox of
+(`memory-backend-file,share=on`), waits for its agent (and for its zygote's pre-imports:
+python-ds), disconnects, and saves only the device state (`x-ignore-shared`: the RAM file
+is the memory image), about 0.1 MB. Every sandbox of
 that plan, the first included, is then a clone: QEMU maps the RAM file `share=off` (private,
 copy-on-write: pages are shared through the page cache until written) and loads the state
 with `-incoming defer`; its writable disk is a sparse copy of the template's, which matches
@@ -30,17 +31,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tartarus.errors import RuntimeUnavailableError
+from tartarus.guest import protocol
 from tartarus.models import Resources
 from tartarus.runtimes import microvm_image, microvm_qemu, reaper, spawn
 from tartarus.runtimes.microvm_channel import Channel
 from tartarus.runtimes.microvm_qmp import QMP
 
 RESTORE_TIMEOUT_S = 60.0
+HOST_SOCKET = "host.sock"  # the builder's own connection to the template's agent
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 
 
@@ -135,8 +139,11 @@ class Templates:
             try:
                 await channel.connect(work / "agent.sock")
                 await microvm_qemu.wait_ready(channel, pid, log, timeout)
+                if _preimports(boot["args"]):
+                    await _wait_warm(channel, work, timeout)
             finally:  # the snapshot must hold no host connection
                 await channel.close()
+                (work / HOST_SOCKET).unlink(missing_ok=True)
             qmp = await QMP.connect(work / "qmp.sock")
             try:
                 await qmp.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
@@ -205,6 +212,40 @@ async def clone(
         await channel.close()
         raise
     return pid, channel
+
+
+def _preimports(args: list[str]) -> bool:
+    return "--preimport" in args and bool(args[args.index("--preimport") + 1])
+
+
+async def _wait_warm(channel: Channel, work: Path, timeout: float) -> None:
+    """Until the agent's zygote has done the template's pre-imports, so every clone has
+    them (python-ds: seconds of imports under TCG). A zygote that failed is started again
+    by each clone's agent; a slow one is saved as it is when `timeout` passes."""
+    path = work / HOST_SOCKET
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(4)
+    except BaseException:
+        listener.close()
+        raise
+    await channel.serve(listener)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await asyncio.to_thread(_zygote_state, path) == "starting":
+        if loop.time() > deadline:
+            return
+        await asyncio.sleep(0.2)
+
+
+def _zygote_state(path: Path) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30.0)
+        sock.connect(str(path))
+        protocol.send_frame(sock, {"op": "ping"})
+        frame = protocol.recv_frame(sock)
+    return str(frame[0].get("zygote", "off")) if frame is not None else "off"
 
 
 async def _end(pid: int) -> None:
