@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tartarus.runtimes.microvm_qemu import QEMU_UID
+from tartarus.runtimes.bundle import QEMU_UID
 from tests.api.conftest import reap_orphans
 from tests.conftest import STATE_DIR
 

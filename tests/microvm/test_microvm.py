@@ -19,8 +19,8 @@ from tartarus.errors import (
 )
 from tartarus.models import NetworkMode, Resources, SandboxSpec, SandboxState
 from tartarus.node.engine import Engine
-from tartarus.runtimes.bundle import CGROUP_PARENT
-from tartarus.runtimes.microvm_qemu import QEMU_OVERHEAD_MB, QEMU_UID
+from tartarus.runtimes.bundle import CGROUP_PARENT, QEMU_UID
+from tartarus.runtimes.microvm_qemu import QEMU_OVERHEAD_MB
 
 pytestmark = pytest.mark.slow  # each guest boots under TCG here: seconds
 

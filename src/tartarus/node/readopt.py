@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tartarus.engine")
 
+# a dead agent is refused at once; a live one may be slow: a TCG guest on a busy host
+READOPT_PING_S = 10.0
+
 
 async def readopt(engine: Engine, sandbox: Sandbox) -> bool:
     """Supervise again a running sandbox whose engine died; False if it cannot be. A
@@ -65,7 +68,7 @@ async def readopt(engine: Engine, sandbox: Sandbox) -> bool:
             if not hibernate.readoptable(engine, live):
                 return False
         elif not paused:
-            await asyncio.wait_for(live.client.ping(), timeout=2.0)
+            await asyncio.wait_for(live.client.ping(), timeout=READOPT_PING_S)
         elif not await lifecycle.readoptable_while_paused(engine, live):
             return False
         if sandbox.spec.command and sandbox.state == SandboxState.RUNNING:

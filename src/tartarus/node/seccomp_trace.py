@@ -78,6 +78,7 @@ async def generate(
     try:
         with tempfile.TemporaryDirectory(prefix="trace-") as work:
             table = Path(work) / "summary"
+            await _zygote_settled(engine, sandbox.id)
             tracer = await _attach(strace, table, cgroups.pids(CGROUP_PARENT, sandbox.id))
             try:
                 result = await engine.exec(
@@ -98,6 +99,17 @@ async def generate(
     profile = allowlist_profile(traced)
     path = engine.seccomp.save(name, profile)
     return Generated(name, path, frozenset(traced), len(profile["syscalls"][0]["names"]), result)
+
+
+async def _zygote_settled(engine: Engine, sandbox_id: str) -> None:
+    """Until the agent's Python zygote is up (or off): one started while strace attaches
+    would be missed, and a `python3 -c` forked from it not traced at all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ATTACH_TIMEOUT_S
+    while (await engine.agent(sandbox_id).ping()).get("zygote") == "starting":
+        if loop.time() > deadline:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _attach(strace: str, table: Path, pids: set[int]) -> asyncio.subprocess.Process:

@@ -19,6 +19,7 @@ from tartarus.runtimes.seccomp import default_profile
 
 HOST_UID_BASE = 100000
 ID_RANGE = 65536
+QEMU_UID = HOST_UID_BASE + ID_RANGE + 1000  # microVMs' QEMU: no container's uid can signal it
 CPU_PERIOD_US = 100_000
 CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 CGROUP_PARENT = "tartarus"  # every sandbox cgroup lives under this one

@@ -17,15 +17,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _hierarchies() -> list[Path]:
-    """Mounted cgroup hierarchies. In our private mount namespace the unmounted `unified`
-    is a plain directory where runtimes leave `cgroup.procs` files with stale pids (see
-    hostns.remove_shadow_cgroup): never a place to read members from."""
     try:
-        return [
-            p
-            for p in CGROUP_ROOT.iterdir()
-            if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()
-        ]
+        return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
     except OSError:
         return []
 
@@ -76,9 +69,17 @@ def leftovers(parent: str, sandbox_id: str | None = None) -> list[Path]:
     return found
 
 
+def _mounted(path: Path) -> bool:
+    """Whether `path` lies in a mounted hierarchy. In our private mount namespace the
+    unmounted `unified` is a plain directory where runtimes leave `cgroup.procs` files with
+    the pids of processes long gone (hostns.remove_shadow_cgroup): never members to kill."""
+    top = CGROUP_ROOT / path.relative_to(CGROUP_ROOT).parts[0]
+    return (top / "cgroup.procs").exists()
+
+
 def pids(parent: str, sandbox_id: str) -> set[int]:
     found: set[int] = set()
-    for path in leftovers(parent, sandbox_id):
+    for path in filter(_mounted, leftovers(parent, sandbox_id)):
         for procs in path.rglob("cgroup.procs"):
             with contextlib.suppress(OSError, ValueError):
                 found.update(int(p) for p in procs.read_text().split())

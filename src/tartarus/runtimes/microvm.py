@@ -58,7 +58,7 @@ from tartarus.runtimes.base import (
     ProbeResult,
     Runtime,
 )
-from tartarus.runtimes.bundle import CGROUP_PARENT
+from tartarus.runtimes.bundle import CGROUP_PARENT, QEMU_UID
 from tartarus.runtimes.microvm_channel import Channel
 from tartarus.runtimes.microvm_qemu import QEMU, alive, read_pid
 
@@ -285,7 +285,7 @@ class MicroVMRuntime(Runtime):
         pid = read_pid(directory)
         state = directory / "state"
         state.touch()
-        os.chown(state, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+        os.chown(state, QEMU_UID, QEMU_UID)
         try:
             await microvm_sleep.save(directory / "qmp.sock", state)
         except BaseException:
@@ -306,7 +306,7 @@ class MicroVMRuntime(Runtime):
         directory.mkdir(parents=True)
         for name in SAVED:
             await _move(image_dir / name, directory / name)
-            os.chown(directory / name, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+            os.chown(directory / name, QEMU_UID, QEMU_UID)
         listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
         try:
             rw, resources = directory / "rw.ext4", config.resources

@@ -22,11 +22,10 @@ from pathlib import Path
 from tartarus.errors import RuntimeUnavailableError
 from tartarus.models import Resources
 from tartarus.runtimes import cgroups, microvm_image, spawn
-from tartarus.runtimes.bundle import CGROUP_PARENT, CPU_PERIOD_US, HOST_UID_BASE, ID_RANGE
+from tartarus.runtimes.bundle import CGROUP_PARENT, CPU_PERIOD_US, QEMU_UID
 from tartarus.runtimes.microvm_channel import Channel
 
 QEMU = "qemu-system-x86_64"
-QEMU_UID = HOST_UID_BASE + ID_RANGE + 1000  # no container's uid: none can signal QEMU
 QEMU_OVERHEAD_MB = 256  # QEMU's own memory beside the guest's (TCG code cache, devices)
 PORT = "tartarus.agent"  # the virtio-serial port's name (guest/serial.py looks it up)
 

@@ -40,6 +40,7 @@ from tartarus.errors import RuntimeUnavailableError
 from tartarus.guest import protocol
 from tartarus.models import Resources
 from tartarus.runtimes import microvm_image, microvm_qemu, reaper, spawn
+from tartarus.runtimes.bundle import QEMU_UID
 from tartarus.runtimes.microvm_channel import Channel
 from tartarus.runtimes.microvm_qmp import QMP
 
@@ -126,7 +127,7 @@ class Templates:
         shutil.rmtree(target, ignore_errors=True)
         work.mkdir(parents=True)
         # QEMU writes the state as its own unprivileged uid (`exec:cat`): the directory is its
-        os.chown(work, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+        os.chown(work, QEMU_UID, QEMU_UID)
         pid: int | None = None
         try:
             rw = work / "rw.ext4"
@@ -183,7 +184,7 @@ async def clone(
     if rc != 0:
         raise RuntimeUnavailableError(f"microvm: cannot copy the template's disk: {err!r}")
     # an incoming VM opens its disks again at `cont`, by then as QEMU's own uid
-    os.chown(rw, microvm_qemu.QEMU_UID, microvm_qemu.QEMU_UID)
+    os.chown(rw, QEMU_UID, QEMU_UID)
     pid = await microvm_qemu.launch(
         container_id,
         plan,

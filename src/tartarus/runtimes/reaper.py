@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tartarus.runtimes.bundle import HOST_UID_BASE, ID_RANGE
+from tartarus.runtimes.bundle import HOST_UID_BASE, ID_RANGE, QEMU_UID
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -107,7 +107,8 @@ def reap_sandbox_zombies() -> int:
         fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
         uid = int(fields.get("Uid", "0").split()[0])
         in_sandbox = len(fields.get("NSpid", "").split()) > 1
-        sandbox_uid = HOST_UID_BASE <= uid < HOST_UID_BASE + ID_RANGE
+        # a microVM's QEMU whose engine died is re-parented to us like a container's init
+        sandbox_uid = HOST_UID_BASE <= uid < HOST_UID_BASE + ID_RANGE or uid == QEMU_UID
         orphaned_helper = fields.get("Name") in RUNTIME_NAMES and pid not in _spawned
         if in_sandbox or sandbox_uid or orphaned_helper:
             with contextlib.suppress(ChildProcessError):
