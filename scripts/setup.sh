@@ -95,7 +95,7 @@ fi
 # /opt/tartarus/microvm/kernel: vmlinuz and the virtio/overlay modules the guests' initramfs
 # loads (runtimes/microvm_image.py builds that initramfs). Once per kernel version.
 MICROVM_DIR=${TARTARUS_MICROVM_PREFIX:-/opt/tartarus/microvm}
-MICROVM_MODULES=(virtio_ring virtio virtio_mmio virtio_blk virtio_console overlay)
+MICROVM_MODULES=(virtio_ring virtio virtio_mmio virtio_blk virtio_console overlay failover net_failover virtio_net)
 install_guest_kernel() {
   local pkg work deb
   pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
@@ -104,7 +104,8 @@ install_guest_kernel() {
     pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
   fi
   [ -n "$pkg" ] || { echo "setup: no linux-image-cloud-amd64 in apt" >&2; return 1; }
-  if [ "$(cat "$MICROVM_DIR/kernel/package" 2>/dev/null)" = "$pkg" ]; then
+  local stamp="$pkg ${MICROVM_MODULES[*]}"  # a module added later unpacks it again
+  if [ "$(cat "$MICROVM_DIR/kernel/package" 2>/dev/null)" = "$stamp" ]; then
     return 0
   fi
   echo "setup: unpacking the microVM guest kernel ($pkg)"
@@ -120,7 +121,7 @@ install_guest_kernel() {
     find "$work/x/lib/modules" -name "$m.ko" -exec cp {} "$MICROVM_DIR/kernel.new/modules/" \;
     [ -f "$MICROVM_DIR/kernel.new/modules/$m.ko" ] || { echo "setup: $pkg lacks $m.ko" >&2; rm -rf "$work"; return 1; }
   done
-  echo "$pkg" > "$MICROVM_DIR/kernel.new/package"
+  echo "$stamp" > "$MICROVM_DIR/kernel.new/package"
   rm -rf "$work" "$MICROVM_DIR/kernel"
   mv "$MICROVM_DIR/kernel.new" "$MICROVM_DIR/kernel"
 }

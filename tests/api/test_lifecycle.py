@@ -144,9 +144,9 @@ def test_runtimes_listing(http_a: httpx2.Client, api_server: ApiServer) -> None:
     r = http_a.get("/v1/runtimes")
     assert r.status_code == 200, r.text
     items = {i["name"]: i for i in r.json()["items"]}
-    assert set(items) >= {"crun", "runc", "gvisor"}
+    assert set(items) >= {"crun", "runc", "gvisor", "microvm"}
     assert [name for name, i in items.items() if i["default"]] == ["crun"]
-    for name in ("crun", "runc", "gvisor"):
+    for name in ("crun", "runc", "gvisor", "microvm"):
         item = items[name]
         assert item["available"], item
         caps = item["capabilities"]

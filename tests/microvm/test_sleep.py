@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from typing import Any
 
 import pytest
 
-from tartarus.errors import ConflictError
+from tartarus.errors import ConflictError, RuntimeUnavailableError
 from tartarus.models import SandboxSpec, SandboxState
+from tartarus.node import sleepfiles
 from tartarus.node.engine import Engine
+from tartarus.runtimes import microvm_qemu
 from tests.microvm.test_microvm import _qemu_of, _root, _run
 
 pytestmark = pytest.mark.slow
@@ -110,3 +114,41 @@ async def test_memory_snapshot_forks_three_independent_vms(engine: Engine, micro
             await engine.kill(sid)
     for sid in sids:
         assert _qemu_of(sid) == b""
+
+
+async def test_a_wake_that_fails_after_the_guest_ran_can_be_tried_again(
+    engine: Engine, microvm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest writes to its disk from the moment it goes on: a failed wake must not
+    leave that disk in the image, or the next wake pairs the memory with a newer disk."""
+    sb = await engine.create(SandboxSpec(runtime=microvm, timeout=300))
+    sid = sb.id
+    try:
+        agent = engine.agent(sid)
+        await agent.write_file("/tmp/kept.txt", b"as saved")
+        assert (await agent.run_code("x = 41")).error is None
+        await engine.hibernate(sid)
+        saved = sleepfiles.hibernated_dir(engine.settings.sandboxes_dir / sid) / "image"
+        digest = hashlib.sha256((saved / "rw.ext4").read_bytes()).hexdigest()
+        real = microvm_qemu.wait_ready
+
+        async def ready_then_fail(*args: Any, **kwargs: Any) -> None:
+            await real(*args, **kwargs)
+            with open(_root() / sid / "rw.ext4", "r+b") as disk:  # what a guest may write
+                disk.seek(1 << 20)
+                disk.write(b"written after the wake began")
+            raise RuntimeUnavailableError("injected after the guest ran")
+
+        monkeypatch.setattr(microvm_qemu, "wait_ready", ready_then_fail)
+        with pytest.raises(RuntimeUnavailableError, match="injected"):
+            await engine.wake(sid)
+        assert engine.get(sid).state == SandboxState.HIBERNATED
+        assert _qemu_of(sid) == b""
+        assert hashlib.sha256((saved / "rw.ext4").read_bytes()).hexdigest() == digest
+        monkeypatch.undo()
+        await engine.wake(sid)
+        assert (await agent.run_code("x + 1")).value == "42"
+        assert await agent.read_file("/tmp/kept.txt") == b"as saved"
+    finally:
+        await engine.kill(sid)
+    assert _qemu_of(sid) == b""

@@ -1,6 +1,6 @@
 """A sandbox's network across its life: re-adopted by the next engine (its resolver served
-again), never hibernated (no runtime here can checkpoint it: a clear 409), and gone with it
-when a start fails."""
+again), hibernated only by a VM (no container runtime here can checkpoint it: a clear 409),
+and gone with it when a start fails."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ async def _check(engine: Engine, sid: str) -> None:
     assert got["denied"].startswith("fail:"), got
 
 
-@pytest.fixture(params=[r for r in CHECKPOINTING if r != "microvm"])  # a VM has no NIC yet
+@pytest.fixture(params=[r for r in CHECKPOINTING if r != "microvm"])  # a VM sleeps: below
 def rt(request: pytest.FixtureRequest) -> str:
     return _checkpointing(request.param)
 
@@ -49,7 +49,51 @@ async def test_hibernation_is_refused(net_engine: Engine, rt: str, world: World)
     await net_engine.kill(sid)
 
 
-@pytest.mark.parametrize("runtime_name", ["crun", "runc"])
+@pytest.fixture
+def vm() -> str:
+    return _checkpointing("microvm")
+
+
+async def test_a_vm_sleeps_and_wakes_with_its_network(
+    net_engine: Engine, world: World, vm: str
+) -> None:
+    """The VM's state holds its NIC's address; the tap it wakes onto is in the same netns."""
+    sid = (await net_engine.create(_spec(vm))).id
+    await _check(net_engine, sid)
+    await net_engine.hibernate(sid)
+    assert net_engine.get(sid).state == SandboxState.HIBERNATED
+    await _check(net_engine, sid)  # wakes it
+    att = network.load(net_engine.settings.sandboxes_dir / sid)
+    assert att is not None
+    await net_engine.kill(sid)
+    assert leftovers(sid, att.slot) == []
+
+
+async def test_a_vm_forked_from_memory_takes_its_own_address(
+    net_engine: Engine, world: World, vm: str
+) -> None:
+    """The snapshot's guest had its parent's address: the fork's HELLO gives it its own."""
+    parent = (await net_engine.create(_spec(vm))).id
+    sids = [parent]
+    try:
+        snap = await net_engine.snapshot(parent, memory=True)
+        fork = await net_engine.create(
+            SandboxSpec(snapshot=snap.id, timeout=120, network=NetworkMode.ALLOWLIST, egress=RULES)
+        )
+        sids.append(fork.id)
+        show = ["sh", "-c", "/.tartarus/busybox ip -4 addr show eth0"]
+        for sid in sids:
+            att = network.load(net_engine.settings.sandboxes_dir / sid)
+            assert att is not None
+            out = (await net_engine.exec(sid, show)).stdout.decode()
+            assert f"inet {att.guest_ip}/30" in out, out
+            await _check(net_engine, sid)
+    finally:
+        for sid in sids:
+            await net_engine.kill(sid)
+
+
+@pytest.mark.parametrize("runtime_name", ["crun", "runc", "microvm"])
 async def test_readopted_sandbox_keeps_its_network(world: World, runtime_name: str) -> None:
     settings = Settings(dns_upstream=f"{WORLD_DNS}:53")
     first = Engine(settings)

@@ -16,6 +16,7 @@ entropy (clones from one snapshot would otherwise share both); the guest answers
 the agent accepts connections. The agent is started after the first HELLO, so its deadline
 is judged by a clock that is right. TIME sets the clock and reseeds alone, keeping the
 connections: the host sends it when the VM goes on after a pause (a stopped VM's clock stops).
+A HELLO may also carry the address of the guest's NIC (a network other than `none`).
 
 It also acts as init: it reaps orphans and powers the VM off when the agent exits. Stdlib
 only, Python >= 3.9: it runs on the image's python3.
@@ -41,9 +42,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tartarus.guest import protocol
+    from tartarus.guest import nic, protocol
 else:  # run as a script with -I: our directory is not on the path by itself
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import nic
     import protocol
 
 FRAME = struct.Struct("!BII")
@@ -55,6 +57,7 @@ RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 PR_SET_NO_NEW_PRIVS = 38
 HIGH_WATER = 1 << 20  # stop reading the agent's sockets while the port lags this much
 BUSYBOX = "/.tartarus/busybox"
+NIC = "eth0"  # the VM's only one (runtimes/microvm_net.py)
 
 
 def log(message: str) -> None:
@@ -113,6 +116,7 @@ class Mux:
         self.agent_pid: int | None = None
         self.ready_pending = False  # a host said HELLO and waits for READY
         self.settings: dict[str, Any] | None = None  # for the agent, before READY
+        self.network: dict[str, Any] | None = None  # what nic.configure last set
         self.host_away = False
 
     # -- the agent ---------------------------------------------------------------------------
@@ -202,6 +206,13 @@ class Mux:
                 self.drop(c)
             hello = json.loads(body.decode())
             apply_hello(hello)
+            network = hello.get("network")
+            if network and network != self.network:  # before any command can run
+                try:
+                    nic.configure(NIC, **network)
+                except (OSError, TypeError, ValueError) as exc:
+                    log(f"cannot set the network up: {exc!r}")
+                self.network = network
             self.settings = hello.get("agent")
             if self.agent_pid is None:
                 self.start_agent()

@@ -438,7 +438,7 @@ class Engine:
         if spec.network != NetworkMode.NONE:  # Styx; `none` keeps the runtime's own netns
             await self.network.attach(live.sandbox.id, live.directory, spec.network, spec.egress)
             clock.mark("network")
-        netns, net_binds = self.network.container_parts(live.directory)
+        netns, net_binds, guest_net = self.network.container_parts(live.directory)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(live.socket_path))
@@ -456,6 +456,7 @@ class Engine:
                 binds=[BindMount(self._guest_dir, GUEST_MOUNT), *net_binds],
                 pass_fds=[listener.fileno()],
                 netns=netns,
+                network=guest_net,
                 seccomp=seccomp,
             )
             live.init_pid = await live.runtime.start(

@@ -266,8 +266,8 @@ async def _restore(engine: Engine, live: LiveSandbox) -> None:
     saved = sleepfiles.hibernated_dir(live.directory)
     layer = sleepfiles.Layer(live.directory)
     info = engine.images.info(sandbox.image)
-    # Styx: a sandbox with a network is refused today (`refusal`); were one to sleep, a netns
-    # that went with the engine holding it would be made again here
+    # Styx: a sandbox with a network sleeps only on a runtime that can (a VM: `refusal`);
+    # a netns that went with the engine holding it is made again here
     await engine.network.ensure(sandbox.id, live.directory)
     mounted_here = False
     if not layer.mounted():
@@ -328,7 +328,7 @@ def _config(engine: Engine, live: LiveSandbox, python: str | None, fd: int) -> C
     else:
         args = [f"{guest}/busybox", "sh"]
     assert engine._guest_dir is not None
-    netns, net_binds = engine.network.container_parts(live.directory)
+    netns, net_binds, guest_net = engine.network.container_parts(live.directory)
     return ContainerConfig(
         id=live.sandbox.id,
         rootfs=sleepfiles.Layer(live.directory).rootfs,
@@ -341,6 +341,7 @@ def _config(engine: Engine, live: LiveSandbox, python: str | None, fd: int) -> C
         binds=[BindMount(engine._guest_dir, guest), *net_binds],
         pass_fds=[fd] if python is not None else [],
         netns=netns,
+        network=guest_net,
     )
 
 

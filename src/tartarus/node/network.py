@@ -40,7 +40,7 @@ from tartarus.node import egress
 from tartarus.node.dns import Resolver, host_upstream, parse_upstream
 from tartarus.node.egress import POOL, EgressRules
 from tartarus.runtimes import spawn
-from tartarus.runtimes.base import BindMount
+from tartarus.runtimes.base import BindMount, GuestNetwork
 
 log = structlog.get_logger("tartarus.styx")
 
@@ -380,12 +380,15 @@ class Styx:
                 resolver.forget()
         return new
 
-    def container_parts(self, directory: Path) -> tuple[Path | None, list[BindMount]]:
-        """The netns path and the resolv.conf bind a sandbox's container gets."""
+    def container_parts(
+        self, directory: Path
+    ) -> tuple[Path | None, list[BindMount], GuestNetwork | None]:
+        """The netns path, the resolv.conf bind and the addresses a sandbox's runtime gets."""
         att = load(directory)
         if att is None:
-            return None, []
-        return att.netns_path, [BindMount(directory / RESOLV_FILE, "/etc/resolv.conf")]
+            return None, [], None
+        guest = GuestNetwork(att.guest_ip, 30, att.host_ip, att.host_ip)
+        return att.netns_path, [BindMount(directory / RESOLV_FILE, "/etc/resolv.conf")], guest
 
     def close(self) -> None:
         for resolver in self._resolvers.values():

@@ -6,7 +6,8 @@ act on the same one) and then either re-adopted or reaped. An engine opened with
 again with the time it has left and re-attaches its main command, which the guest kept
 running and journalling. Anything else is reaped: the container killed and deleted, the
 layer and cgroups removed, the record ended as failed with the reason. Containers in our
-runtime roots and sandbox directories that no record accounts for are removed too.
+runtime roots and sandbox directories that no record accounts for are removed too, and so
+are the cgroup shadows of containers that have ended (runtimes/hostns.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tartarus.models import TERMINAL_STATES, SandboxState
 from tartarus.node import owners
 from tartarus.node.overlay import Overlay
 from tartarus.node.readopt import readopt
-from tartarus.runtimes import cgroups, reaper
+from tartarus.runtimes import cgroups, hostns, reaper
 from tartarus.runtimes.bundle import CGROUP_PARENT
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ async def reconcile(engine: Engine) -> list[str]:
                 await _reap_init(path)
                 Overlay(path).remove()
                 shutil.rmtree(path, ignore_errors=True)
+    if swept := hostns.sweep_shadow_cgroups(CGROUP_PARENT):
+        log.info("removed cgroup shadows of ended containers", ids=swept)
     if reaped:
         log.info("reaped orphaned sandboxes", ids=reaped)
     return reaped

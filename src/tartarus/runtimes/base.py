@@ -59,6 +59,17 @@ class BindMount:
     readonly: bool = True
 
 
+@dataclass(frozen=True)
+class GuestNetwork:
+    """The address a sandbox has inside its netns (Styx). Containers get it with the netns
+    itself; a VM's kernel has its own stack, so its init sets these on the guest's NIC."""
+
+    address: str
+    prefix: int
+    gateway: str
+    nameserver: str
+
+
 @dataclass
 class ContainerConfig:
     """Everything a runtime needs to start one sandbox's init process."""
@@ -75,6 +86,7 @@ class ContainerConfig:
     binds: list[BindMount] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list)  # become fds 3, 4, ... inside
     netns: Path | None = None  # join this network namespace (Styx); None: a new one, lo only
+    network: GuestNetwork | None = None  # the sandbox's address in `netns`
     seccomp: dict[str, Any] | None = None  # an OCI seccomp profile; None: the default one
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
@@ -97,6 +98,28 @@ def remove_shadow_cgroup(relative: str) -> None:
             capture_output=True,
             check=False,
         )
+
+
+def sweep_shadow_cgroups(parent: str, older_than_s: float = 60.0) -> list[str]:
+    """Remove the shadows (see `remove_shadow_cgroup`) none of whose processes lives: what
+    a runtime left when its container went some way we did not see. Only where they are
+    visible (our private namespace); a young one may be a container still starting."""
+    base = Path(UNIFIED) / parent.strip("/")
+    if _mounted(UNIFIED) or not base.is_dir():
+        return []
+    removed = []
+    for path in base.iterdir():
+        try:
+            if not path.is_dir() or time.time() - path.stat().st_mtime < older_than_s:
+                continue
+            procs = path / "cgroup.procs"
+            pids = [int(p) for p in procs.read_text().split()] if procs.exists() else []
+        except (OSError, ValueError):
+            continue
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def mount(source: str, target: str, fstype: str, options: str = "", flags: int = 0) -> None:

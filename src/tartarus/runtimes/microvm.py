@@ -15,15 +15,16 @@ guest/serial.py for the agent channel):
   relays the engine's connections to it over one virtio-serial port;
 * vCPUs and guest memory come from the resources; QEMU itself runs in the sandbox's memory
   and cpu cgroups (guest memory plus QEMU's own overhead) as an unprivileged uid outside
-  the containers' id range, and the VM has no NIC (network `none` only, for now);
+  the containers' id range; its NIC is on nothing, or on a tap in Styx's netns
+  (microvm_net);
 * QEMU daemonizes, so, like a container's init, it is re-parented to the engine (a child
   subreaper) and reaped by it; the adapter keeps its pid, QMP and agent sockets and the
   writable disk in its state dir, and `delete` removes all of them.
 
 Sandboxes start as copy-on-write clones of a per-plan template snapshot (microvm_template);
 `TARTARUS_MICROVM_CLONES=0` boots each cold. Pause, hibernation and memory snapshots are QMP
-stop/cont and a migration into a file (microvm_sleep). Not yet: networks other than `none`,
-files-only snapshots (the files are on the VM's disk), exec without the guest agent.
+stop/cont and a migration into a file (microvm_sleep). Not yet: files-only snapshots (the
+files are on the VM's disk), exec without the guest agent.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ MIN_DISK_MB = 16
 PAUSED = "paused"  # in the VM's directory while QEMU is stopped
 SAVED = ("state", "rw.ext4")  # what a hibernated VM is, beside the engine's files
 PYTHON_PATH = re.compile(r"^/[A-Za-z0-9._+/-]+$")
+RESOLV = "/etc/resolv.conf"
 
 
 async def _move(source: Path, target: Path) -> None:
@@ -77,10 +79,14 @@ async def _move(source: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        rc, _, err = await spawn.run(["cp", "--sparse=always", str(source), str(target)])
-        if rc != 0:
-            raise RuntimeUnavailableError(f"microvm: cannot move {source.name}: {err!r}") from exc
+        await _copy(source, target)
         source.unlink()
+
+
+async def _copy(source: Path, target: Path) -> None:
+    rc, _, err = await spawn.run(["cp", "--sparse=always", str(source), str(target)])
+    if rc != 0:
+        raise RuntimeUnavailableError(f"microvm: cannot copy {source.name}: {err!r}")
 
 
 def boot_timeout() -> float:
@@ -99,7 +105,7 @@ class MicroVMRuntime(Runtime):
         checkpoint=True,  # a migration into a file (microvm_sleep)
         userns=False,
         exec_channel="agent over virtio-serial",
-        network_modes=("none",),  # no NIC yet: Styx's allowlist/open need one
+        network_modes=("none", "allowlist", "open"),  # microvm_net
     )
 
     def __init__(self, root: Path) -> None:
@@ -142,9 +148,10 @@ class MicroVMRuntime(Runtime):
             raise InvalidRequestError(
                 f"microvm needs a disk of at least {MIN_DISK_MB} MiB, not {resources.disk_mb}"
             )
-        if config.netns is not None:
-            raise CapabilityError(self.name, "networks other than none")
-        if any(not b.readonly for b in config.binds):
+        # the resolver's address reaches the guest with its NIC's (a bind is a disk, and a
+        # disk of its own would give each sandbox a template of its own)
+        kept = [b for b in config.binds if not (config.network and b.destination == RESOLV)]
+        if any(not b.readonly for b in kept):
             raise CapabilityError(self.name, "writable bind mounts")
         lowers, upper = microvm_image.overlay_dirs(config.rootfs)
         if len(lowers) != 1:
@@ -152,7 +159,7 @@ class MicroVMRuntime(Runtime):
         cache = self.root / "cache"
         drives = [("base", await microvm_image.base_image(cache, lowers[0]))]
         binds: list[tuple[str, str]] = []
-        for i, bind in enumerate(config.binds):
+        for i, bind in enumerate(kept):
             drives.append((f"b{i}", await microvm_image.bind_image(cache, bind.source)))
             binds.append((f"b{i}", bind.destination))
         plan = microvm_qemu.Plan(
@@ -207,9 +214,11 @@ class MicroVMRuntime(Runtime):
         """A cold boot of the sandbox's own VM."""
         rw = directory / "rw.ext4"
         await microvm_image.writable_layer(rw, upper, config.resources.disk_mb, boot, binds)
-        pid = await microvm_qemu.launch(config.id, plan, directory, log, rw, config.resources)
+        pid = await microvm_qemu.launch(
+            config.id, plan, directory, log, rw, config.resources, netns=config.netns
+        )
         channel = self._channels[config.id] = Channel()
-        await channel.connect(directory / "agent.sock")
+        await channel.connect(directory / "agent.sock", network=config.network)
         await microvm_qemu.wait_ready(channel, pid, log, boot_timeout())
         return pid
 
@@ -238,7 +247,15 @@ class MicroVMRuntime(Runtime):
         if config.env != template.env:
             settings["env"] = config.env
         pid, channel = await microvm_template.clone(
-            config.id, plan, template, directory, log, config.resources, settings
+            config.id,
+            plan,
+            template,
+            directory,
+            log,
+            config.resources,
+            settings,
+            config.netns,
+            config.network,
         )
         self._channels[config.id] = channel
         return pid
@@ -304,31 +321,41 @@ class MicroVMRuntime(Runtime):
         plan, _, _, _ = await self._plan(config)
         directory = self._dir(config.id)
         directory.mkdir(parents=True)
-        for name in SAVED:
-            await _move(image_dir / name, directory / name)
-            os.chown(directory / name, QEMU_UID, QEMU_UID)
+        # the disk is copied: the guest writes to it from `cont` on, and a wake that fails
+        # after that must leave the image as it was saved, its disk matching its memory
+        state, rw = directory / "state", directory / "rw.ext4"
         listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
         try:
-            rw, resources = directory / "rw.ext4", config.resources
+            await _move(image_dir / "state", state)
+            await _copy(image_dir / "rw.ext4", rw)
+            for path in (state, rw):
+                os.chown(path, QEMU_UID, QEMU_UID)
             pid = await microvm_qemu.launch(
-                config.id, plan, directory, log, rw, resources, incoming=True
+                config.id,
+                plan,
+                directory,
+                log,
+                rw,
+                config.resources,
+                incoming=True,
+                netns=config.netns,
             )
-            await microvm_sleep.load(directory / "qmp.sock", directory / "state")
+            await microvm_sleep.load(directory / "qmp.sock", state)
             channel = self._channels[config.id] = Channel()
-            await channel.connect(directory / "agent.sock")
+            await channel.connect(directory / "agent.sock", network=config.network)
             await microvm_qemu.wait_ready(channel, pid, log, microvm_sleep.LOAD_TIMEOUT_S)
-            (directory / "state").unlink()
             bundle.mkdir(parents=True, exist_ok=True)
             (bundle / "init.pid").write_text(str(pid))
             await channel.serve(listener)
+            state.unlink()
+            (image_dir / "rw.ext4").unlink()
         except BaseException:
             listener.close()
             if (opened := self._channels.pop(config.id, None)) is not None:
                 await opened.close()
             await self._end(directory)
-            for name in SAVED:  # the image stays whole for another try
-                if (directory / name).exists():
-                    await _move(directory / name, image_dir / name)
+            if state.exists():  # the image stays whole for another try
+                await _move(state, image_dir / "state")
             await self.delete(config.id)
             raise
         return pid

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tartarus.guest.serial import CLOSE, DATA, EOF, FRAME, HELLO, MAX_BODY, OPEN, READY, TIME
+from tartarus.runtimes.base import GuestNetwork
 
 
 class Channel:
@@ -37,13 +39,21 @@ class Channel:
         self.closed = asyncio.Event()  # the port's connection ended (QEMU is gone)
         self.ready_info: dict[str, Any] = {}
 
-    async def connect(self, path: Path, agent: dict[str, Any] | None = None) -> None:
+    async def connect(
+        self,
+        path: Path,
+        agent: dict[str, Any] | None = None,
+        network: GuestNetwork | None = None,
+    ) -> None:
         """Connect to QEMU's chardev socket and say HELLO: clock and entropy for the guest,
-        and `agent` settings (deadline, env) for an agent that runs already (a clone)."""
+        `agent` settings (deadline, env) for an agent that runs already (a clone), and the
+        address of the guest's NIC (none: it stays as it is)."""
         self._reader, self._writer = await asyncio.open_unix_connection(str(path))
         hello = self._clock()
         if agent is not None:
             hello["agent"] = agent
+        if network is not None:
+            hello["network"] = dataclasses.asdict(network)
         self._send(HELLO, 0, json.dumps(hello).encode())
         self._pump = asyncio.create_task(self._read_port())
 

@@ -38,7 +38,10 @@ from tartarus.runtimes.bundle import HOST_UID_BASE, ID_RANGE
 KERNEL_DIR = "/opt/tartarus/microvm/kernel"  # vmlinuz + modules/*.ko (scripts/setup.sh)
 BUSYBOX = Path("/bin/busybox")
 # load order; each needs only those before it (their `depends=`)
-MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "overlay")
+MODULES = (
+    *("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "overlay"),
+    *("failover", "net_failover", "virtio_net"),
+)
 PROBE_MARK = "TARTARUS-USERSPACE-UP"
 FAIL_MARK = "TARTARUS-BOOT-FAILED"
 BOOT_FILE = "boot.json"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
 from tartarus.models import Resources
-from tartarus.runtimes import cgroups, microvm_image, spawn
+from tartarus.runtimes import cgroups, microvm_image, microvm_net, spawn
 from tartarus.runtimes.bundle import CGROUP_PARENT, CPU_PERIOD_US, QEMU_UID
 from tartarus.runtimes.microvm_channel import Channel
 
@@ -110,10 +110,12 @@ async def launch(
     ram: Path | None = None,
     share: bool = True,
     incoming: bool = False,
+    netns: Path | None = None,
 ) -> int:
     """Start QEMU daemonized in the sandbox's cgroups; returns its pid. Its sockets
     (agent.sock, qmp.sock) and pid file live in `directory`; with `ram`, guest memory is
-    that file (`share`: written through, for a template; else mapped copy-on-write)."""
+    that file (`share`: written through, for a template; else mapped copy-on-write); with
+    `netns`, QEMU runs in that network namespace, its NIC on a tap there (microvm_net)."""
     argv = machine(plan.accel, plan.memory_mb, plan.vcpus)
     argv += boot_args(plan.initrd, "sandbox", plan.python)
     argv += memory(plan.memory_mb, ram, share)
@@ -128,12 +130,16 @@ async def launch(
     argv += ["-chardev", f"socket,id=agent,path={agent},server=on,wait=off"]
     argv += ["-device", f"virtserialport,chardev=agent,name={PORT}"]
     argv += ["-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off"]
+    argv += microvm_net.qemu_args(netns)
     if incoming:
         argv += ["-incoming", "defer"]
     pid_file = directory / "qemu.pid"
     argv += ["-runas", f"{QEMU_UID}:{QEMU_UID}", "-daemonize", "-pidfile", str(pid_file)]
     join = "".join(f'echo $$ > "{p}" && ' for p in make_cgroups(container_id, resources))
-    rc, _, err = await spawn.run(["sh", "-c", f'{join}exec "$@"', "sh", *argv])
+    if netns is not None:
+        await microvm_net.wire(netns, directory)
+    wrapper = ["sh", "-c", f'{join}exec "$@"', "sh"]
+    rc, _, err = await spawn.run([*microvm_net.enter(netns), *wrapper, *argv])
     if rc != 0:
         last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {rc}"]
         raise RuntimeUnavailableError(f"microvm: QEMU did not start: {last[0]}")

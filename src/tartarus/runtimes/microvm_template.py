@@ -40,6 +40,7 @@ from tartarus.errors import RuntimeUnavailableError
 from tartarus.guest import protocol
 from tartarus.models import Resources
 from tartarus.runtimes import microvm_image, microvm_qemu, reaper, spawn
+from tartarus.runtimes.base import GuestNetwork
 from tartarus.runtimes.bundle import QEMU_UID
 from tartarus.runtimes.microvm_channel import Channel
 from tartarus.runtimes.microvm_qmp import QMP
@@ -176,9 +177,12 @@ async def clone(
     log: Path,
     resources: Resources,
     settings: dict[str, Any],
+    netns: Path | None = None,
+    network: GuestNetwork | None = None,
 ) -> tuple[int, Channel]:
     """Start `container_id` as a clone of `template`; returns QEMU's pid and the channel
-    to its agent, which has this sandbox's deadline and environment (`settings`)."""
+    to its agent, which has this sandbox's deadline and environment (`settings`), in
+    `netns` with the guest's NIC at `network`."""
     rw = directory / "rw.ext4"
     rc, _, err = await spawn.run(["cp", "--sparse=always", str(template.rw), str(rw)])
     if rc != 0:
@@ -195,6 +199,7 @@ async def clone(
         ram=template.ram,
         share=False,
         incoming=True,
+        netns=netns,
     )
     qmp = await QMP.connect(directory / "qmp.sock")
     try:
@@ -207,7 +212,7 @@ async def clone(
         await qmp.close()
     channel = Channel()
     try:
-        await channel.connect(directory / "agent.sock", agent=settings)
+        await channel.connect(directory / "agent.sock", agent=settings, network=network)
         await microvm_qemu.wait_ready(channel, pid, log, RESTORE_TIMEOUT_S)
     except BaseException:
         await channel.close()
