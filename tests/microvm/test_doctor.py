@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import pytest
+
+from tartarus.runtimes import microvm_image, microvm_probe
 from tests.engine.helpers import tartarus
 
 
@@ -22,3 +26,17 @@ def test_doctor_reports_the_accelerator() -> None:
         if not os.path.exists("/dev/kvm"):
             assert "no /dev/kvm" in detail
     assert report["version"].startswith("QEMU ")
+
+
+async def test_a_kernel_without_the_drivers_is_reported_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel of the user's (TARTARUS_MICROVM_KERNEL) may have its drivers built in, so
+    none are required as modules; one that lacks them is refused by the probe, saying so."""
+    kernel = tmp_path / "kernel"
+    kernel.mkdir()
+    (kernel / "vmlinuz").symlink_to(microvm_image.kernel())  # Debian's, without its modules
+    monkeypatch.setenv("TARTARUS_MICROVM_KERNEL", str(kernel))
+    result = await microvm_probe.probe(tmp_path / "root")
+    assert not result.works
+    assert "the guest kernel has no virtio-mmio" in result.reason, result.reason

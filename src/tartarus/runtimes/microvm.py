@@ -37,6 +37,7 @@ import re
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ PAUSED = "paused"  # in the VM's directory while QEMU is stopped
 SAVED = ("state", "rw.ext4")  # what a hibernated VM is, beside the engine's files
 PYTHON_PATH = re.compile(r"^/[A-Za-z0-9._+/-]+$")
 RESOLV = "/etc/resolv.conf"
+CACHE_SWEEP_S = 600.0
 
 
 async def _move(source: Path, target: Path) -> None:
@@ -112,6 +114,7 @@ class MicroVMRuntime(Runtime):
         super().__init__(root)
         self._channels: dict[str, Channel] = {}
         self.templates = microvm_template.Templates(root)
+        self._next_sweep = 0.0
 
     # -- probing -------------------------------------------------------------------------------
 
@@ -157,6 +160,9 @@ class MicroVMRuntime(Runtime):
         if len(lowers) != 1:
             raise CapabilityError(self.name, "sandboxes started from a snapshot")
         cache = self.root / "cache"
+        if time.monotonic() >= self._next_sweep:  # images removed since, superseded files
+            self._next_sweep = time.monotonic() + CACHE_SWEEP_S
+            microvm_image.sweep(cache)
         drives = [("base", await microvm_image.base_image(cache, lowers[0]))]
         binds: list[tuple[str, str]] = []
         for i, bind in enumerate(kept):

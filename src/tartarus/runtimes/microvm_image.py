@@ -13,8 +13,9 @@ Debian cloud kernel has no 9p), so everything the guest sees is a virtio block d
   its host layer (home, workdir, /tmp: ids shifted back from the user namespace's) and the
   boot configuration PID 1 reads (guest/serial.py).
 
-The kernel is Debian's cloud kernel (scripts/setup.sh extracts it to /opt/tartarus/microvm);
-its virtio drivers are modules, so a tiny busybox initramfs loads them, mounts the disks and
+The kernel is Debian's cloud kernel (scripts/setup.sh extracts it to /opt/tartarus/microvm)
+or one the user points to (`kernel`); Debian's virtio drivers are modules, so a tiny busybox
+initramfs loads those there are, mounts the disks and
 switches to the image's python3 running guest/serial.py. mkfs runs from the engine's thread:
 the host layer is mounted in its private mount namespace only.
 """
@@ -28,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -42,10 +44,12 @@ MODULES = (
     *("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "overlay"),
     *("failover", "net_failover", "virtio_net"),
 )
+DRIVERS = ("virtio_blk", "virtio_console", "virtio_net")  # a sandbox's guest needs them
 PROBE_MARK = "TARTARUS-USERSPACE-UP"
 FAIL_MARK = "TARTARUS-BOOT-FAILED"
 BOOT_FILE = "boot.json"
 BINDS_FILE = "binds"
+SOURCE = ".source"  # beside a base image: the template rootfs it was made from
 
 # The initramfs's /init. Disks are found by their virtio serial (base, rw, b0, b1 ...).
 INIT = f"""#!/bin/busybox sh
@@ -54,7 +58,9 @@ fail() {{ echo "{FAIL_MARK}: $*"; $B poweroff -f; }}
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
-for m in {" ".join(MODULES)}; do $B insmod /lib/modules/$m.ko || fail "insmod $m"; done
+for m in {" ".join(MODULES)}; do  # those not here are built into the kernel (or missing)
+  [ -e /lib/modules/$m.ko ] && {{ $B insmod /lib/modules/$m.ko || fail "insmod $m"; }}
+done
 mode=probe
 python=
 for arg in $($B cat /proc/cmdline); do
@@ -63,7 +69,14 @@ for arg in $($B cat /proc/cmdline); do
     tartarus.python=*) python="${{arg#tartarus.python=}}" ;;
   esac
 done
-if [ "$mode" = probe ]; then echo {PROBE_MARK}; $B poweroff -f; fi
+if [ "$mode" = probe ]; then  # whatever kernel it is, it can run a sandbox
+  [ -d /sys/bus/platform/drivers/virtio-mmio ] || fail "the guest kernel has no virtio-mmio"
+  for d in {" ".join(DRIVERS)}; do
+    [ -d /sys/bus/virtio/drivers/$d ] || fail "the guest kernel has no $d driver"
+  done
+  $B grep -qw overlay /proc/filesystems || fail "the guest kernel has no overlayfs"
+  echo {PROBE_MARK}; $B poweroff -f
+fi
 if [ "$mode" = hold ]; then while :; do echo {PROBE_MARK}; $B sleep 1; done; fi
 for i in $($B seq 200); do [ -e /sys/block/vdb ] && break; $B usleep 10000; done
 for d in /sys/block/vd*; do
@@ -103,15 +116,23 @@ def kernel_dir() -> Path:
 
 
 def kernel() -> Path:
-    """The guest kernel, or RuntimeUnavailableError saying how to get it."""
-    path = kernel_dir() / "vmlinuz"
-    missing = [m for m in MODULES if not (kernel_dir() / "modules" / f"{m}.ko").is_file()]
-    if not path.is_file() or missing:
-        raise RuntimeUnavailableError(
-            f"no guest kernel with its virtio modules in {kernel_dir()}"
-            " (scripts/setup.sh extracts Debian's cloud kernel there)"
-        )
-    return path
+    """The guest kernel, or RuntimeUnavailableError saying how to get it. Debian's is a
+    `vmlinuz` with its drivers as modules beside it (modules/*.ko); a kernel of the user's
+    (`TARTARUS_MICROVM_KERNEL`) may be an uncompressed `vmlinux` with a PVH entry, as
+    Firecracker's are, with the virtio drivers built in: a module not there is not loaded."""
+    for name in ("vmlinuz", "vmlinux"):
+        if (kernel_dir() / name).is_file():
+            return kernel_dir() / name
+    raise RuntimeUnavailableError(
+        f"no guest kernel (vmlinuz or vmlinux) in {kernel_dir()}"
+        " (scripts/setup.sh extracts Debian's cloud kernel to /opt/tartarus/microvm/kernel)"
+    )
+
+
+def _modules() -> list[Path]:
+    """The guest kernel's modules that are there, in load order."""
+    paths = [kernel_dir() / "modules" / f"{m}.ko" for m in MODULES]
+    return [p for p in paths if p.is_file()]
 
 
 def _stamp(*paths: Path) -> str:
@@ -124,8 +145,8 @@ def _stamp(*paths: Path) -> str:
 
 def key(*paths: Path) -> str:
     """What the probe's cache depends on besides the QEMU binary: kernel, modules, busybox."""
-    modules = [kernel_dir() / "modules" / f"{m}.ko" for m in MODULES]
-    existing = [p for p in (kernel_dir() / "vmlinuz", *modules, BUSYBOX, *paths) if p.exists()]
+    found = [kernel_dir() / k for k in ("vmlinuz", "vmlinux")]
+    existing = [p for p in (*found, *_modules(), BUSYBOX, *paths) if p.exists()]
     return _stamp(*existing) + hashlib.sha256(INIT.encode()).hexdigest()[:8]
 
 
@@ -137,6 +158,7 @@ def initramfs(cache: Path) -> Path:
         raise RuntimeUnavailableError("no /bin/busybox (apt-get install busybox-static)")
     target = cache / f"initramfs-{key()}.cpio"
     if target.is_file():
+        _used(target)
         return target
     out = io.BytesIO()
     writer = _Cpio(out)
@@ -144,10 +166,8 @@ def initramfs(cache: Path) -> Path:
         writer.add(d, 0o040755)
     writer.add("bin/busybox", 0o100755, BUSYBOX.read_bytes())
     writer.add("init", 0o100755, INIT.encode())
-    for m in MODULES:
-        writer.add(
-            f"lib/modules/{m}.ko", 0o100644, (kernel_dir() / "modules" / f"{m}.ko").read_bytes()
-        )
+    for module in _modules():
+        writer.add(f"lib/modules/{module.name}", 0o100644, module.read_bytes())
     writer.add("TRAILER!!!", 0)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
@@ -220,6 +240,7 @@ async def base_image(cache: Path, lower: Path) -> Path:
         if not target.is_file():
             size_mb, inodes = _sized(lower, 64)
             await _mkfs(target, lower, size_mb, inodes, "tartarus-base")
+            (cache / f"base-{name}{SOURCE}").write_text(str(lower.resolve()))
     return target
 
 
@@ -232,7 +253,45 @@ async def bind_image(cache: Path, source: Path) -> Path:
         if not target.is_file():
             size_mb, inodes = _sized(source, 8)
             await _mkfs(target, source, size_mb, inodes, "tartarus-bind")
+        else:
+            _used(target)
     return target
+
+
+def sweep(cache: Path, keep: int = 4, idle_s: float = 3600.0) -> list[str]:
+    """Remove what no sandbox can use again: the base image of a template image that is
+    gone (removed or rebuilt: images are content-addressed), and bind images (the guest
+    agent's files) and initramfs files (a kernel's) that were superseded, beyond the `keep`
+    newest and unused for `idle_s`. A running VM keeps its open files; a template snapshot
+    made on a removed file is never matched again (its plan key has the file's time)."""
+    removed = []
+    for base in cache.glob("base-*.ext4"):
+        source = base.with_suffix(SOURCE)
+        with contextlib.suppress(OSError), _locked(base.with_suffix(".lock")):
+            if source.is_file() and not Path(source.read_text()).is_dir():
+                base.unlink()
+                source.unlink()
+                removed.append(base.name)
+                base.with_suffix(".lock").unlink()
+    for pattern in ("bind-*.ext4", "initramfs-*.cpio"):
+        found = []
+        for path in cache.glob(pattern):
+            with contextlib.suppress(OSError):
+                found.append((path.stat().st_atime, path))
+        found.sort(reverse=True)
+        for used, path in found[keep:]:
+            if time.time() - used > idle_s:
+                with contextlib.suppress(OSError), _locked(path.with_suffix(".lock")):
+                    path.unlink()
+                    path.with_suffix(".lock").unlink()
+                    removed.append(path.name)
+    return removed
+
+
+def _used(path: Path) -> None:
+    """Mark a cached file used (its access time: its modification time is in plan keys)."""
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
 
 
 async def writable_layer(

@@ -110,5 +110,7 @@ async def _boot(accel: str, initrd: Path) -> str | None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-    last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    lines = output.decode(errors="replace").strip().splitlines()
+    failed = [line for line in lines if microvm_image.FAIL_MARK in line]
+    last = failed[-1:] or lines[-1:] or ["no output"]
     return f"the probe guest under {accel.upper()} ended early: {last[0]}"
