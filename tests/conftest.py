@@ -26,8 +26,8 @@ STATE_DIR.chmod(0o711)
 os.environ["TARTARUS_STATE_DIR"] = str(STATE_DIR)
 
 ALL_RUNTIMES = ("crun", "runc", "gvisor", "microvm")
-# microvm runs the engine, API and network suites (its own: tests/microvm); the hostile
-# suite is about container isolation
+# microvm runs the engine, API and network suites here (and its own, tests/microvm; the
+# hostile suite names its runtimes itself, microvm among them)
 MICROVM_SUITES = ("engine", "api", "network")
 _NARROWED = os.environ.get("TARTARUS_TEST_RUNTIMES", "")
 RUNTIMES = tuple(r.strip() for r in _NARROWED.split(",") if r.strip()) or ALL_RUNTIMES

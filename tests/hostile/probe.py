@@ -10,7 +10,7 @@ from tartarus.node.engine import Engine
 from tartarus.runtimes.registry import RuntimeRegistry
 from tests.conftest import REQUIRED
 
-HOSTILE_RUNTIMES = ("crun", "runc", "gvisor")
+HOSTILE_RUNTIMES = ("crun", "runc", "gvisor", "microvm")
 _WORKS: dict[str, tuple[bool, str]] = {}
 
 # Calls a syscall per name from inside the sandbox and prints {name: errno} (0: it worked).

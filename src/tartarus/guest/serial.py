@@ -55,6 +55,7 @@ PORT_NAME = "tartarus.agent"
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
 HIGH_WATER = 1 << 20  # stop reading the agent's sockets while the port lags this much
 BUSYBOX = "/.tartarus/busybox"
 NIC = "eth0"  # the VM's only one (runtimes/microvm_net.py)
@@ -131,8 +132,13 @@ class Mux:
         if pid == 0:  # pragma: no cover - the child execs
             try:
                 os.setsid()
-                # no setuid binary of the image elevates anyone (as in the containers)
-                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                # no setuid binary of the image elevates anyone, and no capability is left
+                # to gain (as in the containers)
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                cap = 0
+                while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # EINVAL past the last
+                    cap += 1
                 os.setgroups([])
                 os.setgid(int(cfg["gid"]))
                 os.setuid(int(cfg["uid"]))
