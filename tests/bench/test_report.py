@@ -226,8 +226,8 @@ def test_check_wants_the_markdown_and_the_plot(tmp_path: Path) -> None:
 def test_select_keeps_the_running_order() -> None:
     assert [c.id for c in select(None)] == [c.id for c in CASES]
     assert [c.id for c in select("7, 1,exec")] == [1, 4, 7]
-    assert sorted(c.id for c in CASES) == list(range(1, 9))
-    for bad in ("9", "fast", ","):
+    assert sorted(c.id for c in CASES) == list(range(1, 10))
+    for bad in ("10", "fast", ","):
         with pytest.raises(ValueError):
             select(bad)
 
@@ -249,5 +249,5 @@ def test_cli_check_and_bad_input(tmp_path: Path, tartarus_bin: str) -> None:
     assert unknown.returncode == 2
     assert unknown.stderr.splitlines() == [
         "error: Invalid value for --only: unknown case '42'; cases: 1=cold, 2=pooled,"
-        " 3=pandas, 4=exec, 5=throughput, 6=burst, 7=density, 8=hibernate"
+        " 3=pandas, 4=exec, 5=throughput, 6=burst, 7=density, 8=hibernate, 9=microvm"
     ]

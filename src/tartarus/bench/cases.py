@@ -1,4 +1,5 @@
-"""The eight cases of the benchmark (issue 5), their targets, and `--only` selection.
+"""The cases of the benchmark (issue 5, and the microVM's of issue 7), their targets, and
+`--only` selection.
 
 They run in this order whatever the selection: the cold cases first, before any pool exists
 (a pool would serve their creates), and the burst after case 2, whose pooled p50 it uses.
@@ -6,7 +7,7 @@ They run in this order whatever the selection: the cold cases first, before any 
 
 from __future__ import annotations
 
-from tartarus.bench import cold, hibernate, pooled
+from tartarus.bench import cold, hibernate, microvm, pooled
 from tartarus.bench.context import Case
 from tartarus.bench.stats import Target
 
@@ -77,6 +78,14 @@ CASES: tuple[Case, ...] = (
         "ms",
         None,
         hibernate.hibernate_wake,
+    ),
+    Case(
+        9,
+        "microvm",
+        "microvm create (a template clone) -> `run_code('print(1)')`",
+        "ms",
+        None,
+        microvm.microvm_clone,
     ),
 )
 

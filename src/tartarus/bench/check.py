@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tartarus.bench.cases import BY_ID
 from tartarus.bench.report import SCHEMA
 from tartarus.bench.stats import Target
 
@@ -56,8 +57,8 @@ def _case(c: Any, i: int) -> list[str]:
         return [f"cases[{i}]: not an object"]
     where = f"case {c.get('id', f'#{i}')}"
     problems: list[str] = []
-    if not isinstance(c.get("id"), int) or not 1 <= c["id"] <= 8:
-        problems.append(f"{where}: id must be 1..8")
+    if not isinstance(c.get("id"), int) or c["id"] not in BY_ID:
+        problems.append(f"{where}: id must be one of {sorted(BY_ID)}")
     for key in ("key", "title", "unit"):
         if not isinstance(c.get(key), str) or not c[key]:
             problems.append(f"{where}.{key}: missing")

@@ -46,8 +46,8 @@ def _line(case: dict[str, Any]) -> str:
     "--only",
     metavar="CASE,...",
     default=None,
-    help="Run only these cases: numbers 1-8 or names (cold, exec, throughput, pooled,"
-    " pandas, burst, density, hibernate).",
+    help="Run only these cases: numbers 1-9 or names (cold, exec, throughput, pooled,"
+    " pandas, burst, density, hibernate, microvm).",
 )
 @click.option(
     "--check",
