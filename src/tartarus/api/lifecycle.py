@@ -90,7 +90,6 @@ async def list_runtimes(who: Caller, ctx: Ctx) -> RuntimeList:
                     checkpoint=caps.checkpoint,
                     userns=caps.userns,
                     network_modes=list(caps.network_modes),
-                    seccomp=caps.seccomp,
                     exec_channel=caps.exec_channel,
                     missing=report.missing,
                 ),

@@ -318,7 +318,6 @@ class RuntimeCapabilities(BaseModel):
     checkpoint: bool
     userns: bool
     network_modes: list[str]
-    seccomp: bool = Field(description="whether a sandbox's seccomp profile is applied")
     exec_channel: str
     missing: dict[str, str] = Field(description="capability -> why it is not available here")
 

@@ -56,6 +56,7 @@ RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 HIGH_WATER = 1 << 20  # stop reading the agent's sockets while the port lags this much
 BUSYBOX = "/.tartarus/busybox"
 NIC = "eth0"  # the VM's only one (runtimes/microvm_net.py)
@@ -93,6 +94,19 @@ def apply_hello(hello: dict[str, Any]) -> None:
                 os.close(fd)
         except OSError as exc:
             log(f"cannot reseed the RNG: {exc}")
+
+
+def install_seccomp(libc: Any, program: bytes) -> None:
+    """The sandbox's seccomp filter (runtimes/seccomp_bpf.py compiled it from its profile)
+    on this process and all it starts; it fails closed: no agent without it."""
+    if not program:
+        return
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = ctypes.create_string_buffer(
+        struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(code)), 16
+    )
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot install the seccomp filter")
 
 
 class Conn:
@@ -148,6 +162,7 @@ class Mux:
                 os.chdir(str(cfg.get("cwd") or "/"))
                 args = [str(a) for a in cfg["args"]]
                 env = {str(k): str(v) for k, v in cfg["env"].items()}
+                install_seccomp(libc, bytes.fromhex(str(cfg.get("seccomp") or "")))
                 os.execve(args[0], args, env)
             except BaseException as exc:
                 log(f"cannot start the guest agent: {exc!r}")

@@ -221,12 +221,6 @@ class Engine:
         runtime = await self.runtimes.select(spec.runtime, spec.isolation, default=default_runtime)
         if spec.network.value not in runtime.capabilities.network_modes:  # before Styx's work
             raise CapabilityError(runtime.name, f"network {spec.network.value}")
-        if spec.seccomp is not None and not runtime.capabilities.seccomp:  # never pretend
-            raise CapabilityError(
-                runtime.name,
-                f"seccomp profiles ({spec.seccomp!r})",
-                "its sandboxes run on a kernel of their own, with no filter of ours",
-            )
         resources = spec.resources or template.spec.resources
         env, workdir = environment(spec, template.spec)
         pooled = None

@@ -8,8 +8,8 @@ strace detaches and prints its table of syscalls. The profile allows those plus 
 process and the agent need (`seccomp.ALWAYS_ALLOWED`); anything else fails with EPERM.
 
 Only runtimes whose guest syscalls are host syscalls can be traced this way: under gVisor
-the host sees the sentry's syscalls, not the guest's. The profile it writes works on every
-runtime (gVisor gets it through `seccomp.for_gvisor`).
+the host sees the sentry's syscalls, in a microVM none at all. The profile it writes works
+on every runtime (gVisor gets it through `seccomp.for_gvisor`, a VM compiled to BPF).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from tartarus.node.engine import Engine
 
 ATTACH_TIMEOUT_S = 10.0
-UNTRACEABLE = {"gvisor": "gVisor's guest syscalls are handled by its sentry, not the host"}
+UNTRACEABLE = {
+    "gvisor": "gVisor's guest syscalls are handled by its sentry, not the host",
+    "microvm": "a VM's guest syscalls are its own kernel's, not the host's",
+}
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+\d+\s+(?:\d+\s+)?([a-z0-9_]+)\s*$")
 
 

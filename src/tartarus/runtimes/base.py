@@ -37,7 +37,6 @@ class Capabilities:
     userns: bool = False
     exec_channel: str = "agent"  # our guest agent; "runtime exec" serves python-less images
     network_modes: tuple[str, ...] = ("none", "allowlist", "open")  # Styx, on every runtime
-    seccomp: bool = True  # the sandbox's seccomp profile filters its processes' syscalls
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from tartarus.runtimes import (
     microvm_sleep,
     microvm_template,
     reaper,
+    seccomp_bpf,
     spawn,
 )
 from tartarus.runtimes.base import (
@@ -108,7 +109,6 @@ class MicroVMRuntime(Runtime):
         userns=False,
         exec_channel="agent over virtio-serial",
         network_modes=("none", "allowlist", "open"),  # microvm_net
-        seccomp=False,  # no filter of ours in the guest: its own kernel is the boundary
     )
 
     def __init__(self, root: Path) -> None:
@@ -186,6 +186,8 @@ class MicroVMRuntime(Runtime):
             "hostname": config.hostname,
             "pids": resources.pids,
             "agent_socket": AGENT_SOCKET,
+            # the guest's init installs it on the agent (runtimes/seccomp_bpf.py)
+            "seccomp": seccomp_bpf.compile_profile(config.seccomp).hex() if config.seccomp else "",
         }
         return plan, boot, upper, binds
 
