@@ -11,6 +11,7 @@ APT_PACKAGES=(
   iproute2 procps util-linux # netns for tests, ps/pkill, unshare/mount
   nftables                   # Styx: sandboxes' egress rules (allowlist/open networks)
   strace                     # seccomp generate: traces a command's syscalls
+  libseccomp2                # microvm: profiles compiled to BPF for the guest's init
   qemu-system-x86 e2fsprogs  # microvm: QEMU's microvm machine, ext4 guest disks
   python3 python3-venv ca-certificates
 )
