@@ -15,9 +15,9 @@ Debian cloud kernel has no 9p), so everything the guest sees is a virtio block d
 
 The kernel is Debian's cloud kernel (scripts/setup.sh extracts it to /opt/tartarus/microvm)
 or one the user points to (`kernel`); Debian's virtio drivers are modules, so a tiny busybox
-initramfs loads those there are, mounts the disks and
-switches to the image's python3 running guest/serial.py. mkfs runs from the engine's thread:
-the host layer is mounted in its private mount namespace only.
+initramfs loads those there are, mounts the disks and switches to the image's python3
+running guest/serial.py. mkfs runs from the engine's thread: the host layer is mounted in
+its private mount namespace only. The cache of these files is swept (`sweep`).
 """
 
 from __future__ import annotations
@@ -194,10 +194,11 @@ class _Cpio:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `path`'s lock; without `wait`, BlockingIOError if another holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
 
 
@@ -263,11 +264,12 @@ def sweep(cache: Path, keep: int = 4, idle_s: float = 3600.0) -> list[str]:
     gone (removed or rebuilt: images are content-addressed), and bind images (the guest
     agent's files) and initramfs files (a kernel's) that were superseded, beyond the `keep`
     newest and unused for `idle_s`. A running VM keeps its open files; a template snapshot
-    made on a removed file is never matched again (its plan key has the file's time)."""
+    made on a removed file is never matched again (its plan key has the file's time). What
+    another engine is building (its lock held) is left for the next sweep."""
     removed = []
     for base in cache.glob("base-*.ext4"):
         source = base.with_suffix(SOURCE)
-        with contextlib.suppress(OSError), _locked(base.with_suffix(".lock")):
+        with contextlib.suppress(OSError), _locked(base.with_suffix(".lock"), wait=False):
             if source.is_file() and not Path(source.read_text()).is_dir():
                 base.unlink()
                 source.unlink()
@@ -281,7 +283,7 @@ def sweep(cache: Path, keep: int = 4, idle_s: float = 3600.0) -> list[str]:
         found.sort(reverse=True)
         for used, path in found[keep:]:
             if time.time() - used > idle_s:
-                with contextlib.suppress(OSError), _locked(path.with_suffix(".lock")):
+                with contextlib.suppress(OSError), _locked(path.with_suffix(".lock"), False):
                     path.unlink()
                     path.with_suffix(".lock").unlink()
                     removed.append(path.name)

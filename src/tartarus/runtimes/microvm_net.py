@@ -9,7 +9,7 @@ With a network, Styx has made the sandbox's netns with a veth (`eth0` inside, th
 filtered by its nftables table, the DNS resolver on the host address). A container joins
 that netns and uses `eth0`; a VM has its own kernel, so QEMU runs inside the netns and the
 netns becomes a wire: `eth0` and a tap `tap0` (QEMU's backend) in a bridge, no address of
-their own. The guest's NIC takes the sandbox's address (guest/serial.py, from the HELLO),
+their own. The guest's NIC takes the sandbox's address (guest/nic.py, from the HELLO),
 and everything Styx does on the host side holds unchanged: same address, rules, resolver,
 byte counters. The tap outlives QEMU (a hibernated VM wakes onto it) and goes with the
 netns when Styx removes it.
@@ -44,7 +44,7 @@ def enter(netns: Path | None) -> list[str]:
 
 async def wire(netns: Path, directory: Path) -> None:
     """Bridge a tap for QEMU to the netns's veth, once (a waking VM finds it done)."""
-    inside = ["nsenter", f"--net={netns}", "--", "ip"]
+    inside = [*enter(netns), "ip"]
     rc, _, _ = await spawn.run([*inside, "link", "show", TAP])
     if rc == 0:
         return
