@@ -4,6 +4,7 @@ and gone with it when a start fails."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tartarus.errors import ConflictError, RuntimeUnavailableError
 from tartarus.models import NetworkMode, SandboxSpec, SandboxState
 from tartarus.node import network
 from tartarus.node.engine import Engine
-from tartarus.runtimes.base import ContainerConfig
+from tartarus.runtimes.base import BindMount, ContainerConfig, GuestNetwork
 from tests.engine.test_hibernate import CHECKPOINTING, _checkpointing
 from tests.network.conftest import CIDR_HOST, DENIED, WORLD_DNS, World, leftovers, probe
 
@@ -137,3 +138,26 @@ async def test_failed_start_leaves_nothing(
     assert leftovers(failed.id, None) == []
     slots = network.net_dir() / "slots"
     assert [p for p in slots.iterdir() if p.read_text() == failed.id] == []
+
+
+async def test_a_vm_whose_nic_cannot_be_set_fails_to_start_and_leaves_nothing(
+    net_engine: Engine, world: World, vm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest reports a NIC it could not configure; the create fails, never a sandbox
+    silently without the network it asked for."""
+    real = network.Styx.container_parts
+
+    def bad_address(
+        self: network.Styx, directory: Path
+    ) -> tuple[Path | None, list[BindMount], GuestNetwork | None]:
+        netns, binds, guest = real(self, directory)
+        assert guest is not None
+        return netns, binds, dataclasses.replace(guest, address="300.1.2.3")
+
+    monkeypatch.setattr(network.Styx, "container_parts", bad_address)
+    before = {s.id for s in net_engine.list(states=[SandboxState.FAILED])}
+    with pytest.raises(RuntimeUnavailableError, match="could not set its NIC up"):
+        await net_engine.create(_spec(vm))
+    (failed,) = [s for s in net_engine.list(states=[SandboxState.FAILED]) if s.id not in before]
+    assert leftovers(failed.id, None) == []
+    assert not (net_engine.settings.state_dir / "runtime" / "microvm" / failed.id).exists()

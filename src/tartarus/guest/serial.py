@@ -132,6 +132,7 @@ class Mux:
         self.ready_pending = False  # a host said HELLO and waits for READY
         self.settings: dict[str, Any] | None = None  # for the agent, before READY
         self.network: dict[str, Any] | None = None  # what nic.configure last set
+        self.network_error = ""  # why it failed: READY tells the host, which fails the start
         self.host_away = False
 
     # -- the agent ---------------------------------------------------------------------------
@@ -168,6 +169,12 @@ class Mux:
                 log(f"cannot start the guest agent: {exc!r}")
             os._exit(127)
         self.agent_pid = pid
+
+    def ready_body(self) -> bytes:
+        ready: dict[str, Any] = {"agent_pid": self.agent_pid}
+        if self.network_error:
+            ready["network_error"] = self.network_error
+        return json.dumps(ready).encode()
 
     def agent_listening(self) -> bool:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -231,9 +238,10 @@ class Mux:
             if network and network != self.network:  # before any command can run
                 try:
                     nic.configure(NIC, **network)
+                    self.network, self.network_error = network, ""
                 except (OSError, TypeError, ValueError) as exc:
+                    self.network_error = f"{exc!r}"
                     log(f"cannot set the network up: {exc!r}")
-                self.network = network
             self.settings = hello.get("agent")
             if self.agent_pid is None:
                 self.start_agent()
@@ -244,7 +252,7 @@ class Mux:
                 self.ready_pending = True
             else:  # it listens already (a clone, a new engine): READY at once, and its
                 self.ready_pending = True  # deadline (a backstop only) right after
-                self.send(READY, 0, json.dumps({"agent_pid": self.agent_pid}).encode())
+                self.send(READY, 0, self.ready_body())
                 self.ready_pending = False
         elif kind == TIME:
             apply_hello(json.loads(body.decode()))
@@ -378,7 +386,7 @@ class Mux:
             self.reap()
             if self.ready_pending and self.agent_listening():
                 self.ready_pending = False
-                self.send(READY, 0, json.dumps({"agent_pid": self.agent_pid}).encode())
+                self.send(READY, 0, self.ready_body())
             if self.settings and not self.ready_pending:
                 self.write_port()  # READY first
                 self.configure_agent(self.settings)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tartarus.errors import RuntimeUnavailableError
 from tartarus.guest.serial import CLOSE, DATA, EOF, FRAME, HELLO, MAX_BODY, OPEN, READY, TIME
 from tartarus.runtimes.base import GuestNetwork
 
@@ -69,7 +70,8 @@ class Channel:
 
     async def wait_ready(self) -> None:
         """Until the guest's agent accepts connections (READY); raises ConnectionError if the
-        port closes first (the VM ended)."""
+        port closes first (the VM ended), RuntimeUnavailableError if the guest's NIC could
+        not be given its address."""
         ready = asyncio.ensure_future(self.ready.wait())
         closed = asyncio.ensure_future(self.closed.wait())
         try:
@@ -79,6 +81,8 @@ class Channel:
             closed.cancel()
         if not self.ready.is_set():
             raise ConnectionError("the VM closed its agent port before the agent was ready")
+        if error := self.ready_info.get("network_error"):  # a sandbox without its network
+            raise RuntimeUnavailableError(f"microvm: the guest could not set its NIC up: {error}")
 
     async def serve(self, listener: socket.socket) -> None:
         """Accept the engine's connections on `listener` (now ours) and relay each."""
