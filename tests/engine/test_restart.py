@@ -9,9 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from tartarus.models import SandboxSpec, SandboxState
 from tartarus.node.engine import Engine
+from tartarus.runtimes.microvm import MicroVMRuntime
 from tests.conftest import TARTARUS
 
 
@@ -132,6 +136,42 @@ async def test_readopted_sandbox_keeps_its_deadline(runtime: str) -> None:
     try:
         final = await asyncio.wait_for(engine.wait(sid), timeout=30)
         assert final.state == SandboxState.TIMED_OUT
+    finally:
+        await engine.close()
+
+
+async def test_a_sandbox_past_its_deadline_is_reaped_as_timed_out(runtime: str) -> None:
+    """Its deadline passed while no engine watched: the record says so, not "failed"."""
+    _, sid = _engine_process_with_idle_sandbox(runtime, timeout=3)  # killed well before
+    await asyncio.sleep(3.5)
+    engine = Engine()  # reaps, re-adopts nothing
+    await engine.open()
+    try:
+        final = engine.sandboxes.get(sid)
+        assert final.state == SandboxState.TIMED_OUT, final
+        assert final.reason == "wall-clock timeout reached (no engine)"
+        assert await engine.runtimes.get(runtime).status(sid) is None
+    finally:
+        await engine.close()
+
+
+@pytest.mark.runtimes("microvm", why="the race is a VM's: its guest may end it mid-reattach")
+async def test_a_vm_that_ends_while_being_readopted_is_reaped(
+    runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine opens all the same (it once crashed here), and the sandbox is reaped."""
+    _, sid = _engine_process_with_idle_sandbox(runtime, timeout=120)
+
+    async def port_closed(self: MicroVMRuntime, container_id: str, socket_path: Path) -> None:
+        raise ConnectionError("the VM closed its agent port before the agent was ready")
+
+    monkeypatch.setattr(MicroVMRuntime, "reattach", port_closed)
+    engine = Engine(adopt=True)
+    await engine.open()
+    try:
+        assert sid not in engine.running_ids()
+        assert engine.sandboxes.get(sid).state == SandboxState.FAILED
+        assert await engine.runtimes.get(runtime).status(sid) is None
     finally:
         await engine.close()
 

@@ -78,6 +78,7 @@ log = structlog.get_logger("tartarus.engine")
 HOME = "/home/user"
 GUEST_MOUNT = "/.tartarus"  # an empty directory every image has
 AGENT_GRACE_S = 5.0  # the in-guest deadline fires after ours: it is only a backstop
+SLOW_START_MS = 1000.0  # a start this long moves the guest's deadline after the engine's
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -285,6 +286,9 @@ class Engine:
         hibernate.attach(self, live)  # now: a use may come before the supervisor runs
         live.task = asyncio.create_task(supervisor.supervise(self, live, io or MainIO()))
         self._started(live, clock)
+        if clock.since_start() > SLOW_START_MS:  # the guest's backstop was set before a long
+            with contextlib.suppress(OSError, TartarusError):  # start: it would come early
+                await lifecycle._arm_backstop(live, AGENT_GRACE_S)
         if snap is not None and snap.memory:  # Nyx: the snapshot's processes, not fresh ones
             try:
                 await snapshots.restore_memory(self, live, snap)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from tartarus.errors import AgentError, TartarusError
+from tartarus.errors import TartarusError
 from tartarus.models import Sandbox, SandboxState
 from tartarus.node import hibernate, lifecycle, supervisor
 from tartarus.node.engine import environment
@@ -75,7 +75,7 @@ async def readopt(engine: Engine, sandbox: Sandbox) -> bool:
             status = await asyncio.wait_for(live.client.main_status(), timeout=2.0)
             if not status.get("started"):
                 return False
-    except (AgentError, TimeoutError):
+    except (TartarusError, TimeoutError, OSError):  # AgentError; a VM that ended meanwhile
         return False
     try:  # its DNS resolver died with the last engine; a hibernated one may lack a netns
         await engine.network.ensure(sandbox.id, directory)

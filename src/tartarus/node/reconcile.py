@@ -13,12 +13,13 @@ are the cgroup shadows of containers that have ended (runtimes/hostns.py).
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from tartarus.models import TERMINAL_STATES, SandboxState
+from tartarus.models import TERMINAL_STATES, Sandbox, SandboxState
 from tartarus.node import owners
 from tartarus.node.overlay import Overlay
 from tartarus.node.readopt import readopt
@@ -52,8 +53,11 @@ async def reconcile(engine: Engine) -> list[str]:
         Overlay(engine.settings.sandboxes_dir / sid).remove()
         await cgroups.drain(CGROUP_PARENT, sid)
         cgroups.remove(CGROUP_PARENT, sid)
-        reason = "engine exited before the sandbox ended"
-        engine.sandboxes.update(sandbox, state=SandboxState.FAILED, reason=reason)
+        if _expired(sandbox):  # its own deadline ended it while no engine watched
+            state, reason = SandboxState.TIMED_OUT, "wall-clock timeout reached (no engine)"
+        else:
+            state, reason = SandboxState.FAILED, "engine exited before the sandbox ended"
+        engine.sandboxes.update(sandbox, state=state, reason=reason)
         engine.jobs.abandon(sid, reason)
         engine.sandboxes.set_owner(sid, None)
         reaped.append(sid)
@@ -83,6 +87,15 @@ async def reconcile(engine: Engine) -> list[str]:
     if reaped:
         log.info("reaped orphaned sandboxes", ids=reaped)
     return reaped
+
+
+def _expired(sandbox: Sandbox) -> bool:
+    """A running sandbox past its deadline (a paused one's time does not count)."""
+    return (
+        sandbox.state == SandboxState.RUNNING
+        and sandbox.expires_at is not None
+        and sandbox.expires_at <= datetime.now(UTC)
+    )
 
 
 async def _reap_init(directory: Path) -> None:

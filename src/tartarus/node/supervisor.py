@@ -110,6 +110,9 @@ async def _outcome(
         if result.error:
             return SandboxState.FAILED, result.exit_code, result.error
         return SandboxState.EXITED, result.exit_code, None
+    left = lifecycle.seconds_left(live.sandbox)
+    if left is not None and left <= 0:  # the guest's own backstop ended it, past the deadline
+        return SandboxState.TIMED_OUT, None, "wall-clock timeout reached"
     return SandboxState.FAILED, None, "sandbox init exited unexpectedly"
 
 
