@@ -153,9 +153,12 @@ async def test_paused_sandbox_does_not_time_out(engine: Engine, rt: str) -> None
 async def test_guest_backstop_deadline_does_not_fire_at_thaw(engine: Engine, rt: str) -> None:
     # the guest agent's own deadline (timeout + AGENT_GRACE_S) passes while it is frozen:
     # pause switches it off and resume sets it again, else it would kill all at the thaw
-    sb = await engine.create(SandboxSpec(runtime=rt, timeout=1))
+    # the short timeout is set just before the pause: counted from the create's end, a slow
+    # start (a VM under TCG, a loaded machine) left too little of it for the exec after resume
+    sb = await engine.create(SandboxSpec(runtime=rt, timeout=60))
+    await engine.set_timeout(sb.id, 2)
     await engine.pause(sb.id)
-    await asyncio.sleep(1 + AGENT_GRACE_S + 0.5)
+    await asyncio.sleep(2 + AGENT_GRACE_S + 0.5)
     await engine.resume(sb.id)
     await asyncio.sleep(0.3)  # the agent's loop wakes at least every second; it has looked
     assert (await engine.exec(sb.id, ["echo", "alive"])).stdout == b"alive\n"

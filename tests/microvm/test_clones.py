@@ -67,6 +67,21 @@ async def test_cold_boot_without_templates(
         assert "-incoming" not in _cmdline(engine, sb.id)
         out = await _out(engine, sb.id, "python3", "-c", "import os; print(os.environ['K'])")
         assert out == b"v\n"
+        before = time.time()
+        clock = float(await _out(engine, sb.id, "python3", "-c", "import time; print(time.time())"))
+        assert before - 1 < clock < time.time() + 1  # set after the boot, not a boot behind
+    finally:
+        await engine.kill(sb.id)
+
+
+async def test_a_short_timeout_outlives_its_templates_boot(engine: Engine, microvm: str) -> None:
+    # the first sandbox of a plan waits for its template's boot (seconds under TCG, longer
+    # than this timeout plus the agent's grace): the guest's backstop counts from its HELLO
+    spec = SandboxSpec(runtime=microvm, timeout=2, resources=Resources(memory_mb=208))
+    sb = await engine.create(spec)
+    try:
+        await engine.set_timeout(sb.id, 60)  # the agent answers: it has not killed all at start
+        assert await _out(engine, sb.id, "echo", "alive") == b"alive\n"
     finally:
         await engine.kill(sb.id)
 

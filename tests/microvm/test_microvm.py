@@ -191,6 +191,7 @@ async def test_fork_bomb_stays_in_the_vm(engine: Engine, microvm: str) -> None:
         subprocess.run(["true"], check=True, timeout=10)
     assert time.monotonic() - start < 5, "the host struggled to start processes"
     final = await asyncio.wait_for(engine.wait(sb.id), 60)
-    assert final.state in (SandboxState.KILLED, SandboxState.FAILED, SandboxState.EXITED)
+    ended = (SandboxState.TIMED_OUT, SandboxState.KILLED, SandboxState.FAILED, SandboxState.EXITED)
+    assert final.state in ended  # its deadline, or its agent starved of processes
     assert _qemu_of(sb.id) == b""
     assert not (_root() / sb.id).exists()

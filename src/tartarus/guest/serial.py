@@ -79,6 +79,17 @@ def find_port(name: str = PORT_NAME) -> str:
     raise OSError(f"no virtio port named {name}")
 
 
+def _agent_settings(settings: Any) -> dict[str, Any] | None:
+    """The HELLO's settings for the agent, its deadline made absolute by the clock the HELLO
+    has just set: the host sends the seconds left, and the guest may hear it only after a boot."""
+    if not isinstance(settings, dict):
+        return None
+    if "deadline_in" in settings:
+        left = settings.pop("deadline_in")
+        settings["deadline"] = None if left is None else time.time() + float(left)
+    return settings
+
+
 def apply_hello(hello: dict[str, Any]) -> None:
     """Set the clock and reseed the kernel RNG from the host's HELLO."""
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -242,7 +253,7 @@ class Mux:
                 except (OSError, TypeError, ValueError) as exc:
                     self.network_error = f"{exc!r}"
                     log(f"cannot set the network up: {exc!r}")
-            self.settings = hello.get("agent")
+            self.settings = _agent_settings(hello.get("agent"))
             if self.agent_pid is None:
                 self.start_agent()
                 self.ready_pending = True  # READY once it listens

@@ -192,15 +192,20 @@ class MicroVMRuntime(Runtime):
         return plan, boot, upper, binds
 
     async def start(self, config: ContainerConfig, bundle: Path, log: Path) -> int:
+        # the agent's backstop deadline goes with the HELLO as seconds left: counted from now,
+        # not from when the guest hears it, a template's or a cold boot would eat it (under
+        # TCG a boot takes longer than a short timeout plus the grace)
+        deadline = _deadline(config.args)
+        settings = {"deadline_in": None if deadline is None else deadline - time.time()}
         plan, boot, upper, binds = await self._plan(config)
         directory = self._dir(config.id)
         directory.mkdir(parents=True)
         listener = socket.socket(fileno=os.dup(config.pass_fds[0]))
         try:
             if microvm_template.enabled():
-                pid = await self._clone(config, plan, boot, upper, binds, directory, log)
+                pid = await self._clone(config, plan, boot, upper, binds, directory, log, settings)
             else:
-                pid = await self._boot(config, plan, boot, upper, binds, directory, log)
+                pid = await self._boot(config, plan, boot, upper, binds, directory, log, settings)
             bundle.mkdir(parents=True, exist_ok=True)
             (bundle / "init.pid").write_text(str(pid))
             await self._channels[config.id].serve(listener)
@@ -219,16 +224,19 @@ class MicroVMRuntime(Runtime):
         binds: list[tuple[str, str]],
         directory: Path,
         log: Path,
+        settings: dict[str, Any],
     ) -> int:
-        """A cold boot of the sandbox's own VM."""
+        """A cold boot of the sandbox's own VM; its agent starts after the HELLO, with the
+        `settings` (its deadline) once it listens."""
         rw = directory / "rw.ext4"
         await microvm_image.writable_layer(rw, upper, config.resources.disk_mb, boot, binds)
         pid = await microvm_qemu.launch(
             config.id, plan, directory, log, rw, config.resources, netns=config.netns
         )
         channel = self._channels[config.id] = Channel()
-        await channel.connect(directory / "agent.sock", network=config.network)
+        await channel.connect(directory / "agent.sock", settings, network=config.network)
         await microvm_qemu.wait_ready(channel, pid, log, boot_timeout())
+        await channel.send_time()  # the HELLO's time was read a boot ago
         return pid
 
     async def _clone(
@@ -240,19 +248,14 @@ class MicroVMRuntime(Runtime):
         binds: list[tuple[str, str]],
         directory: Path,
         log: Path,
+        settings: dict[str, Any],
     ) -> int:
         """A clone of the plan's template (booted first if there is none): the template's
-        agent runs without a deadline, the clone's comes with its HELLO."""
-        args = list(boot["args"])
-        deadline: float | None = None
-        if "--deadline" in args:
-            i = args.index("--deadline")
-            deadline = float(args[i + 1])
-            del args[i : i + 2]
+        agent runs without a deadline, the clone's comes with its HELLO (`settings`)."""
         template = await self.templates.ensure(
-            config.id, plan, {**boot, "args": args}, upper, binds, config.resources, boot_timeout()
+            config.id, plan, boot, upper, binds, config.resources, boot_timeout()
         )
-        settings: dict[str, Any] = {"deadline": deadline}
+        settings = dict(settings)
         if config.env != template.env:
             settings["env"] = config.env
         pid, channel = await microvm_template.clone(
@@ -281,6 +284,9 @@ class MicroVMRuntime(Runtime):
         args = list(config.args)
         i = args.index("--fd")
         args[i : i + 2] = ["--listen", AGENT_SOCKET]
+        if "--deadline" in args:  # it comes with the HELLO (start)
+            i = args.index("--deadline")
+            del args[i : i + 2]
         return python, args
 
     async def status(self, container_id: str) -> ContainerStatus | None:
@@ -427,3 +433,10 @@ class MicroVMRuntime(Runtime):
         """The engine is closing: stop relaying (a VM left running is re-adopted later)."""
         for container_id in list(self._channels):
             await self._channels.pop(container_id).close()
+
+
+def _deadline(args: list[str]) -> float | None:
+    """The agent's backstop deadline on its command line (epoch seconds), if any."""
+    if "--deadline" not in args:
+        return None
+    return float(args[args.index("--deadline") + 1])
