@@ -30,6 +30,19 @@ async def test_tenants_do_not_see_each_other(engine: Engine, runtime: str) -> No
         await engine.exec(sandbox.id, ["true"], tenant="a")
 
 
+async def test_commands_do_not_inherit_the_agents_oom_protection(
+    engine: Engine, runtime: str
+) -> None:
+    # in a VM the agent is shielded from the guest's OOM killer; what it starts must not be
+    # (elsewhere it has no shield, and its commands start by vfork, without a preexec step)
+    sandbox = await engine.create(SandboxSpec(runtime=runtime, timeout=60))
+    try:
+        result = await engine.exec(sandbox.id, ["cat", "/proc/self/oom_score_adj"])
+        assert (result.exit_code, result.stdout) == (0, b"0\n"), result.stderr
+    finally:
+        await engine.kill(sandbox.id)
+
+
 async def test_events_record_each_transition(engine: Engine, runtime: str) -> None:
     sandbox = await engine.create(SandboxSpec(runtime=runtime, timeout=60))
     await engine.kill(sandbox.id)

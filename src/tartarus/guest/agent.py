@@ -159,6 +159,17 @@ def _child_setup() -> None:
         pass
 
 
+def _oom_protected() -> bool:
+    """Whether this agent has an OOM protection its commands must not inherit (a microVM's
+    init gives it one; a container's agent has none). Only then does a spawn need a
+    `preexec_fn`, which costs a full fork of the agent (~4 ms) instead of a vfork."""
+    try:
+        with open("/proc/self/oom_score_adj", "rb") as f:
+            return int(f.read().strip() or b"0") != 0
+    except (OSError, ValueError):
+        return False
+
+
 class Child:
     """A process we spawned (or adopted from the zygote); a waiter thread collects its status
     and makes `exit_fd` readable."""
@@ -599,6 +610,7 @@ class Agent:
         self.deadline = deadline
         self.python = python
         self.lock = threading.Lock()  # guards spawning and `children`
+        self.child_setup = _child_setup if _oom_protected() else None
         self.children: dict[int, Child] = {}
         self.contexts: dict[str, Interpreter] = {}
         self.contexts_lock = threading.Lock()
@@ -655,7 +667,7 @@ class Agent:
                     env=env,
                     start_new_session=True,
                     pass_fds=pass_fds,
-                    preexec_fn=_child_setup,
+                    preexec_fn=self.child_setup,
                     bufsize=0,
                 )
                 child = Child(proc)

@@ -308,8 +308,11 @@ class Commands:
         def kill(exec_id: str) -> None:
             client.call(_api.kill_exec(sandbox_id, exec_id))
 
-        handle = CommandHandle(stream, collector, kill)
-        return handle if background else handle.wait()
+        if background:
+            return CommandHandle(stream, collector, kill)
+        for event in stream:  # here, not on a thread: a thread's hand-offs cost milliseconds
+            collector.feed(event)
+        return collector.result()
 
 
 class CommandHandle:
