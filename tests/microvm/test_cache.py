@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -45,3 +47,28 @@ def test_superseded_binds_go_once_idle_and_beyond_the_newest(tmp_path: Path) -> 
     assert sorted(removed) == ["bind-f.ext4", "bind-g.ext4"]  # e: beyond 4, but in use
     assert sorted(p.name for p in tmp_path.glob("bind-*")) == [f"bind-{n}.ext4" for n in "abcde"]
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_creates_of_a_new_template_at_once_wait_for_one_build(tmp_path: Path) -> None:
+    # a pool's first fill: its creates ask for the same base and guest-files images together,
+    # and the one waiting must not block the event loop the builder needs (it did: a hang)
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("sandbox")
+    cache = tmp_path / "cache"
+
+    async def together() -> list[Path]:
+        return list(
+            await asyncio.gather(
+                *(microvm_image.base_image(cache, root) for _ in range(3)),
+                *(microvm_image.bind_image(cache, root) for _ in range(3)),
+            )
+        )
+
+    built: list[list[Path]] = []
+    worker = threading.Thread(target=lambda: built.append(asyncio.run(together())), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the creates deadlocked on the cache's build locks"
+    assert len(set(built[0][:3])) == 1 and len(set(built[0][3:])) == 1
+    assert len(list(cache.glob("*.ext4"))) == 2  # each built once

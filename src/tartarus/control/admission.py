@@ -35,8 +35,9 @@ from tartarus.node.engine import Engine
 from tartarus.runtimes.registry import BY_SPEED
 from tartarus.store import audit
 from tartarus.store.policies import PolicyRepository, in_force
+from tartarus.store.sandboxes import add_event
 from tartarus.store.schema import audit as audit_table
-from tartarus.store.schema import events, sandboxes
+from tartarus.store.schema import sandboxes
 
 log = structlog.get_logger("tartarus.admission")
 
@@ -175,11 +176,7 @@ class Admission:
         sandbox_id = sandbox.id if sandbox is not None else None
         with self.engine.db.begin() as conn:
             if sandbox_id is not None:
-                conn.execute(
-                    events.insert().values(
-                        ts=datetime.now(UTC), sandbox_id=sandbox_id, kind="admission", data=data
-                    )
-                )
+                add_event(conn, sandbox_id, "admission", data)
             audit.append(
                 conn,
                 kind,

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ from tartarus.models import Enforcement, EnforcementAction
 from tartarus.runtimes import cgroups
 from tartarus.runtimes.bundle import CGROUP_PARENT
 from tartarus.store import audit
-from tartarus.store.schema import events
+from tartarus.store.sandboxes import add_event
 
 if TYPE_CHECKING:
     from tartarus.node.engine import Engine
@@ -199,11 +198,7 @@ class Erinyes:
         sid = live.sandbox.id
         try:
             with self.engine.db.begin() as conn:
-                conn.execute(
-                    events.insert().values(
-                        ts=datetime.now(UTC), sandbox_id=sid, kind=kind, data=data
-                    )
-                )
+                add_event(conn, sid, kind, data)
                 audit.append(
                     conn, kind, data, actor="erinyes", tenant=live.sandbox.tenant, sandbox_id=sid
                 )

@@ -14,12 +14,11 @@ veth would have to go from under it); both are a 409 with the way out.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tartarus.models import NetworkMode, Sandbox
 from tartarus.store import audit
-from tartarus.store.schema import events
+from tartarus.store.sandboxes import add_event
 
 if TYPE_CHECKING:
     from tartarus.node.engine import Engine
@@ -41,11 +40,7 @@ async def set_network(
         live.sandbox = engine.sandboxes.update(live.sandbox, spec=spec)
     data = {"mode": mode.value, "egress": list(egress)}
     with engine.db.begin() as conn:
-        conn.execute(
-            events.insert().values(
-                ts=datetime.now(UTC), sandbox_id=sandbox_id, kind="network.set", data=data
-            )
-        )
+        add_event(conn, sandbox_id, "network.set", data)
         audit.append(
             conn,
             "network.set",

@@ -22,6 +22,7 @@ its private mount namespace only. The cache of these files is swept (`sweep`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -30,7 +31,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 from tartarus.errors import RuntimeUnavailableError
@@ -50,6 +51,7 @@ FAIL_MARK = "TARTARUS-BOOT-FAILED"
 BOOT_FILE = "boot.json"
 BINDS_FILE = "binds"
 SOURCE = ".source"  # beside a base image: the template rootfs it was made from
+LOCK_POLL_S = 0.05  # how often a wait for a cache file being built looks again
 
 # The initramfs's /init. Disks are found by their virtio serial (base, rw, b0, b1 ...).
 INIT = f"""#!/bin/busybox sh
@@ -194,11 +196,27 @@ class _Cpio:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, wait: bool = True) -> Iterator[None]:
-    """Hold `path`'s lock; without `wait`, BlockingIOError if another holds it."""
+def _unless_locked(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock at once, or raise BlockingIOError: someone is building it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+@contextlib.asynccontextmanager
+async def building(path: Path) -> AsyncIterator[None]:
+    """Hold `path`'s lock while building what it guards, waiting without blocking the event
+    loop: the holder may be another engine or a coroutine of this one (a pool's first fill
+    creates sandboxes of one template at once; a blocking flock there deadlocked the loop)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL_S)
         yield
 
 
@@ -237,7 +255,7 @@ async def base_image(cache: Path, lower: Path) -> Path:
     """The read-only ext4 of a template rootfs (content-addressed: its path names it)."""
     name = hashlib.sha256(str(lower.resolve()).encode()).hexdigest()[:20]
     target = cache / f"base-{name}.ext4"
-    with _locked(cache / f"base-{name}.lock"):
+    async with building(cache / f"base-{name}.lock"):
         if not target.is_file():
             size_mb, inodes = _sized(lower, 64)
             await _mkfs(target, lower, size_mb, inodes, "tartarus-base")
@@ -250,7 +268,7 @@ async def bind_image(cache: Path, source: Path) -> Path:
     paths = sorted(p for p in source.rglob("*"))
     name = _stamp(source, *paths)
     target = cache / f"bind-{name}.ext4"
-    with _locked(cache / f"bind-{name}.lock"):
+    async with building(cache / f"bind-{name}.lock"):
         if not target.is_file():
             size_mb, inodes = _sized(source, 8)
             await _mkfs(target, source, size_mb, inodes, "tartarus-bind")
@@ -269,7 +287,7 @@ def sweep(cache: Path, keep: int = 4, idle_s: float = 3600.0) -> list[str]:
     removed = []
     for base in cache.glob("base-*.ext4"):
         source = base.with_suffix(SOURCE)
-        with contextlib.suppress(OSError), _locked(base.with_suffix(".lock"), wait=False):
+        with contextlib.suppress(OSError), _unless_locked(base.with_suffix(".lock")):
             if source.is_file() and not Path(source.read_text()).is_dir():
                 base.unlink()
                 source.unlink()
@@ -283,7 +301,7 @@ def sweep(cache: Path, keep: int = 4, idle_s: float = 3600.0) -> list[str]:
         found.sort(reverse=True)
         for used, path in found[keep:]:
             if time.time() - used > idle_s:
-                with contextlib.suppress(OSError), _locked(path.with_suffix(".lock"), False):
+                with contextlib.suppress(OSError), _unless_locked(path.with_suffix(".lock")):
                     path.unlink()
                     path.with_suffix(".lock").unlink()
                     removed.append(path.name)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -104,7 +103,10 @@ class Templates:
         fields += [binds, _listing(upper), resources.disk_mb]
         key = hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:24]
         target = self.root / key
-        async with self._locks.setdefault(key, asyncio.Lock()), _file_lock(target):
+        async with (
+            self._locks.setdefault(key, asyncio.Lock()),
+            microvm_image.building(target.with_name(f"{target.name}.lock")),
+        ):
             if not (target / "env.json").is_file():
                 await self._build(
                     container_id, plan, boot, upper, binds, resources, timeout, target
@@ -259,17 +261,3 @@ async def _end(pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     await reaper.reap(pid, timeout=5.0)
-
-
-@contextlib.asynccontextmanager
-async def _file_lock(target: Path) -> Any:
-    """One builder per template across engines (a CLI beside a server)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f"{target.name}.lock"), "a") as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.1)
-        yield

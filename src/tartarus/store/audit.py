@@ -66,24 +66,19 @@ def append(
 ) -> str:
     """Append inside the caller's transaction (so the record and what it records commit
     together); returns the new row's hash."""
-    last = conn.execute(sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).scalar()
+    last = conn.execute(_LAST_HASH).scalar()
     prev = last or GENESIS
     # microseconds survive SQLite's round trip; the stored value must hash the same later
     ts = datetime.now(UTC)
     digest = _digest(prev, ts, kind, actor, tenant, sandbox_id, data)
-    conn.execute(
-        audit.insert().values(
-            ts=ts,
-            kind=kind,
-            actor=actor,
-            tenant=tenant,
-            sandbox_id=sandbox_id,
-            data=data,
-            prev=prev,
-            hash=digest,
-        )
-    )
+    row = {"ts": ts, "kind": kind, "actor": actor, "tenant": tenant, "sandbox_id": sandbox_id}
+    conn.execute(_INSERT, {**row, "data": data, "prev": prev, "hash": digest})
     return digest
+
+
+# built once, not per append: building and keying a statement costs more than running it
+_LAST_HASH = sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
+_INSERT = audit.insert()
 
 
 class AuditLog:

@@ -55,16 +55,8 @@ def _job(row: sa.Row[tuple[object, ...]]) -> Job:
 def enqueue(conn: sa.Connection, kind: str, sandbox_id: str) -> int:
     """Queue a job inside the caller's transaction (the one that writes the sandbox)."""
     now = _now()
-    result = conn.execute(
-        jobs.insert().values(
-            kind=kind,
-            sandbox_id=sandbox_id,
-            state="queued",
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    row = {"kind": kind, "sandbox_id": sandbox_id, "state": "queued", "attempts": 0}
+    result = conn.execute(_ENQUEUE, {**row, "created_at": now, "updated_at": now})
     assert result.inserted_primary_key is not None
     return int(result.inserted_primary_key[0])
 
@@ -73,33 +65,33 @@ def claim_own(conn: sa.Connection, job_id: int, node: str) -> None:
     """Claim a job this node has just queued in the same transaction (one machine: the
     submitter starts the sandbox itself, with no window for another node to take it)."""
     now = _now()
+    lease = now + timedelta(seconds=LEASE_S)
     conn.execute(
-        jobs.update()
-        .where(jobs.c.id == job_id)
-        .values(
-            state="claimed",
-            node=node,
-            attempts=1,
-            lease_until=now + timedelta(seconds=LEASE_S),
-            updated_at=now,
-        )
+        _CLAIM_OWN,
+        {"job": job_id, "state": "claimed", "node": node, "attempts": 1}
+        | {"lease_until": lease, "updated_at": now},
     )
 
 
 def complete(conn: sa.Connection, job_id: int, node: str, error: str | None = None) -> bool:
     """Mark a job `node` holds as done (or failed with `error`) inside the caller's
     transaction; False if the node does not hold it."""
+    outcome = {"state": "failed" if error else "done", "error": error, "lease_until": None}
     result = conn.execute(
-        jobs.update()
-        .where(jobs.c.id == job_id, jobs.c.node == node, jobs.c.state == "claimed")
-        .values(
-            state="failed" if error else "done",
-            error=error,
-            lease_until=None,
-            updated_at=_now(),
-        )
+        _COMPLETE, {"job": job_id, "holder": node, **outcome, "updated_at": _now()}
     )
     return bool(result.rowcount)
+
+
+# the statements of every create, built once: building and keying one per call cost more
+# than running it
+_ENQUEUE = jobs.insert()
+_CLAIM_OWN = jobs.update().where(jobs.c.id == sa.bindparam("job"))
+_COMPLETE = jobs.update().where(
+    jobs.c.id == sa.bindparam("job"),
+    jobs.c.node == sa.bindparam("holder"),
+    jobs.c.state == "claimed",
+)
 
 
 class JobQueue:

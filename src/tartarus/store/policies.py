@@ -99,11 +99,7 @@ class PolicyRepository:
         return current
 
 
-def in_force(
-    conn: sa.Connection, *, tenant: str | None = None, template: str | None = None
-) -> list[Policy]:
-    """The newest version of each policy, inside the caller's transaction; with `template`,
-    only those whose scope covers `tenant` and `template`."""
+def _in_force_query(scoped: bool) -> sa.Select[tuple[dict[str, object]]]:
     newest = (
         sa.select(policies.c.name, sa.func.max(policies.c.version).label("version"))
         .group_by(policies.c.name)
@@ -117,7 +113,27 @@ def in_force(
         )
         .order_by(policies.c.name)
     )
-    if template is not None:
+    if scoped:
+        query = query.where(
+            policies.c.tenant.in_(sa.bindparam("scopes", expanding=True)),
+            policies.c.template.in_(sa.bindparam("templates", expanding=True)),
+        )
+    return query
+
+
+# built once: every admission asks, and building and keying the statement each time cost
+# five times the query itself
+_ALL, _SCOPED = _in_force_query(False), _in_force_query(True)
+
+
+def in_force(
+    conn: sa.Connection, *, tenant: str | None = None, template: str | None = None
+) -> list[Policy]:
+    """The newest version of each policy, inside the caller's transaction; with `template`,
+    only those whose scope covers `tenant` and `template`."""
+    if template is None:
+        rows = conn.execute(_ALL).all()
+    else:
         scopes = ["*"] if tenant is None else ["*", tenant]
-        query = query.where(policies.c.tenant.in_(scopes), policies.c.template.in_(["*", template]))
-    return [Policy.model_validate(r.spec) for r in conn.execute(query).all()]
+        rows = conn.execute(_SCOPED, {"scopes": scopes, "templates": ["*", template]}).all()
+    return [Policy.model_validate(r.spec) for r in rows]

@@ -51,7 +51,7 @@ class SandboxRepository:
                     updated_at=_now(),
                 )
             )
-            _event(conn, sandbox.id, "state", {"from": None, "to": sandbox.state.value})
+            add_event(conn, sandbox.id, "state", {"from": None, "to": sandbox.state.value})
             job_id = jobs.enqueue(conn, job, sandbox.id) if job else None
             if start:
                 assert job_id is not None and owner is not None, "start needs a job and an owner"
@@ -123,8 +123,7 @@ class SandboxRepository:
     def _write(
         self, conn: sa.Connection, sandbox: Sandbox, changes: dict[str, Any], release: bool = False
     ) -> Sandbox:
-        query = sa.select(sandboxes.c.record).where(sandboxes.c.id == sandbox.id)
-        row = conn.execute(query).first()
+        row = conn.execute(_RECORD, {"sid": sandbox.id}).first()
         if row is None:
             raise NotFoundError(f"no sandbox {sandbox.id!r}")
         stored = Sandbox.model_validate(row.record)
@@ -142,14 +141,14 @@ class SandboxRepository:
         }
         if release:
             values["owner"] = None
-        conn.execute(sandboxes.update().where(sandboxes.c.id == sandbox.id).values(**values))
+        conn.execute(_UPDATE, {**values, "sid": sandbox.id})
         if target is not None and target != stored.state:
             data = {
                 "from": stored.state.value,
                 "to": merged.state.value,
                 "reason": merged.reason,
             }
-            _event(conn, sandbox.id, "state", data)
+            add_event(conn, sandbox.id, "state", data)
         return merged
 
     def owners(self, states: Iterable[SandboxState]) -> dict[str, str | None]:
@@ -210,5 +209,13 @@ def _shown(kind: str, ts: datetime, data: dict[str, Any]) -> dict[str, Any]:
     return {"ts": ts, "kind": kind, "reason": reason, "data": data}
 
 
-def _event(conn: sa.Connection, sandbox_id: str | None, kind: str, data: dict[str, Any]) -> None:
-    conn.execute(events.insert().values(ts=_now(), sandbox_id=sandbox_id, kind=kind, data=data))
+def add_event(conn: sa.Connection, sandbox_id: str | None, kind: str, data: dict[str, Any]) -> None:
+    """One of a sandbox's events, inside the caller's transaction."""
+    conn.execute(_EVENT, {"ts": _now(), "sandbox_id": sandbox_id, "kind": kind, "data": data})
+
+
+# the statements of every state change, built once: building and keying one per call cost
+# more than running it
+_RECORD = sa.select(sandboxes.c.record).where(sandboxes.c.id == sa.bindparam("sid"))
+_UPDATE = sandboxes.update().where(sandboxes.c.id == sa.bindparam("sid"))
+_EVENT = events.insert()
