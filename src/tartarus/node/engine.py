@@ -288,7 +288,7 @@ class Engine:
         self._started(live, clock)
         if clock.since_start() > SLOW_START_MS:  # the guest's backstop was set before a long
             with contextlib.suppress(OSError, TartarusError):  # start: it would come early
-                await lifecycle._arm_backstop(live, AGENT_GRACE_S)
+                await lifecycle.arm_backstop(live, AGENT_GRACE_S)
         if snap is not None and snap.memory:  # Nyx: the snapshot's processes, not fresh ones
             try:
                 await snapshots.restore_memory(self, live, snap)

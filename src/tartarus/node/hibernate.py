@@ -216,7 +216,7 @@ async def _back_to_running(
         if paused and status == ContainerStatus.RUNNING:
             await live.runtime.pause(live.sandbox.id)
         elif not paused and live.has_agent:
-            await lifecycle._arm_backstop(live, engine_agent_grace())
+            await lifecycle.arm_backstop(live, engine_agent_grace())
 
 
 async def wake(engine: Engine, live: LiveSandbox) -> Sandbox:
@@ -255,7 +255,7 @@ async def wake_locked(engine: Engine, live: LiveSandbox) -> Sandbox:
     live.last_used = time.time()
     shutil.rmtree(sleepfiles.hibernated_dir(live.directory), ignore_errors=True)
     live.deadline_moved.set()
-    await lifecycle._arm_backstop(live, engine_agent_grace())
+    await lifecycle.arm_backstop(live, engine_agent_grace())
     engine._observe("wake", ms)
     return live.sandbox
 

@@ -106,7 +106,7 @@ async def pause(engine: Engine, live: LiveSandbox, agent_grace: float) -> Sandbo
             with contextlib.suppress(TartarusError):  # leave it running as it was
                 if await live.runtime.status(sid) == ContainerStatus.PAUSED:
                     await live.runtime.resume(sid)
-            await _arm_backstop(live, agent_grace)
+            await arm_backstop(live, agent_grace)
             if isinstance(exc, IllegalTransition) or live.killed.is_set() or live.done.is_set():
                 raise ConflictError(f"sandbox {sid} ended while being paused") from None
             raise
@@ -135,11 +135,11 @@ async def _resume(engine: Engine, live: LiveSandbox, agent_grace: float) -> Sand
     except IllegalTransition:
         raise ConflictError(f"sandbox {sandbox.id} ended while being resumed") from None
     live.deadline_moved.set()
-    await _arm_backstop(live, agent_grace)
+    await arm_backstop(live, agent_grace)
     return live.sandbox
 
 
-async def _arm_backstop(live: LiveSandbox, agent_grace: float) -> None:
+async def arm_backstop(live: LiveSandbox, agent_grace: float) -> None:
     """Give the guest agent its own deadline again, a little after the engine's."""
     expires = live.sandbox.expires_at
     if not live.has_agent or expires is None:
